@@ -1,0 +1,1 @@
+"""Importance criteria behind one interface (see base.py)."""
