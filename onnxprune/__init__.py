@@ -1,0 +1,22 @@
+"""onnxprune: make trained networks physically smaller, from ONNX to ONNX.
+
+    import onnxprune
+    model, report = onnxprune.ocnna("model.onnx", k=40, data="dvar.npz")
+"""
+
+__version__ = "0.1.0"
+
+from .errors import DataError, ModelError, OnnxPruneError, OutputError, ParameterError  # noqa: E402
+from .pipeline import PruneResult, ocnna, prune_channels  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "ocnna",
+    "prune_channels",
+    "PruneResult",
+    "OnnxPruneError",
+    "ModelError",
+    "DataError",
+    "ParameterError",
+    "OutputError",
+]

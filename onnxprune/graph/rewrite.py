@@ -1,0 +1,72 @@
+"""Stage `rewrite`: apply keep masks to a fresh copy of the graph, rule by rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .channel_graph import ChannelGraph
+from .groups import ChannelGroup
+from .rules import rule_for
+
+
+class Plan:
+    """Which atoms survive, and the slicing service the rules use to edit constants.
+
+    Constants are never edited in place: a tensor shared by several nodes (torch merges
+    identical folded biases) gets one new sliced copy per distinct slicing.
+    """
+
+    def __init__(self, cg: ChannelGraph, groups: list[ChannelGroup], masks: dict[int, np.ndarray]):
+        self.cg = cg
+        roots = cg.roots()
+        removed = [groups[i].roots[~mask] for i, mask in masks.items() if not mask.all()]
+        removed_roots = np.concatenate(removed) if removed else np.empty(0, np.int64)
+        self.atom_keep = ~np.isin(roots, removed_roots)
+        self._sliced: dict[tuple, gs.Constant] = {}
+
+    def keep(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """Keep mask along the tensor's channel axis, or None when nothing is removed."""
+        layout = self.cg.layout(tensor)
+        if layout is None:
+            return None
+        mask = self.atom_keep[layout.atoms]
+        return None if mask.all() else mask
+
+    def slice_input(self, node: gs.Node, index: int, axes: dict[int, np.ndarray | None]) -> None:
+        """Replace constant input ``index`` of ``node`` by a copy sliced along ``axes``."""
+        axes = {axis: mask for axis, mask in axes.items() if mask is not None}
+        tensor = node.inputs[index]
+        if not axes or not isinstance(tensor, gs.Constant):
+            return
+        key = (tensor.name, tuple((a, m.tobytes()) for a, m in sorted(axes.items())))
+        if key not in self._sliced:
+            values = tensor.values
+            for axis, mask in axes.items():
+                if values.shape[axis] == mask.size:
+                    values = np.compress(mask, values, axis=axis)
+                elif values.shape[axis] != 1:
+                    raise ValueError(f"cannot slice {tensor.name} axis {axis} with {mask.size}")
+            name = f"{tensor.name}_pruned{len(self._sliced)}"
+            self._sliced[key] = gs.Constant(name, np.ascontiguousarray(values))
+        node.inputs[index] = self._sliced[key]
+
+
+def rewrite(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """A new model with the plan's channels removed; ``model`` itself is not modified."""
+    graph = gs.import_onnx(model)
+    for node in graph.nodes:
+        rule_for(node.op, node.domain or "").rewrite(node, plan)
+    boundary = {id(t) for t in (*graph.inputs, *graph.outputs)}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in boundary:
+            tensor.shape = None
+    graph.cleanup().toposort()
+    pruned = gs.export_onnx(graph, do_type_check=False)
+    pruned.ir_version = model.ir_version
+    pruned.metadata_props.extend(model.metadata_props)
+    try:
+        return onnx.shape_inference.infer_shapes(pruned, data_prop=True)
+    except Exception:
+        return pruned

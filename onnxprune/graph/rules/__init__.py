@@ -1,0 +1,15 @@
+"""Op type -> channel rule. Importing this package registers every rule."""
+
+from . import barrier, elementwise, indexing, passthrough, producers, reduce, reshape  # noqa: F401
+from .barrier import BARRIER
+from .base import RULES, Rule
+
+
+def rule_for(op_type: str, domain: str = "") -> Rule:
+    """The rule for an op; custom domains and unknown ops are barriers."""
+    if domain not in ("", "ai.onnx"):
+        return BARRIER
+    return RULES.get(op_type, BARRIER)
+
+
+__all__ = ["RULES", "Rule", "rule_for"]

@@ -1,0 +1,165 @@
+"""Ops that create channels (sources) and read channels (consumers): Conv, Gemm, MatMul."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..channel_graph import ChannelGraph
+from ..layout import Layout
+from .base import Rule, constant, optional_input, register
+
+if TYPE_CHECKING:
+    from ..rewrite import Plan
+
+
+def _is_depthwise(node: gs.Node, cg: ChannelGraph) -> bool:
+    weight = constant(node.inputs[1])
+    group = int(node.attrs.get("group", 1))
+    layout = cg.layout(node.inputs[0])
+    return (
+        group > 1
+        and weight is not None
+        and weight.shape[1] == 1
+        and layout is not None
+        and layout.axis == 1
+        and layout.size == group
+    )
+
+
+@register("Conv")
+class ConvRule(Rule):
+    """Filters are a new source; the input channels index weight axis 1.
+
+    Depthwise convs (group == input channels) pass channels through, each input channel
+    producing ``multiplier`` output channels; other grouped convs are barriers.
+    """
+
+    def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
+        weight = constant(node.inputs[1])
+        layout = cg.layout(node.inputs[0])
+        if weight is None:
+            cg.freeze_inputs(node, f"Conv '{node.name}' has a computed (non-constant) weight")
+            return
+        if layout is not None and layout.axis != 1:
+            cg.freeze_inputs(node, f"Conv '{node.name}' reads channels on a spatial axis")
+        group = int(node.attrs.get("group", 1))
+        if _is_depthwise(node, cg):
+            multiplier = weight.shape[0] // group
+            cg.set_layout(node.outputs[0], Layout(1, np.repeat(layout.atoms, multiplier)))
+            return
+        out = cg.new_source(node, "conv", int(weight.shape[0]))
+        if group > 1:
+            reason = f"grouped Conv '{node.name}' (group={group}) needs equal group sizes"
+            cg.freeze_inputs(node, reason)
+            cg.freeze(out.atoms, reason)
+        cg.set_layout(node.outputs[0], out)
+
+    def rewrite(self, node: gs.Node, plan: Plan) -> None:
+        keep_out = plan.keep(node.outputs[0])
+        keep_in = plan.keep(node.inputs[0])
+        if _is_depthwise(node, plan.cg):
+            plan.slice_input(node, 1, {0: keep_out})
+            if keep_in is not None:
+                node.attrs["group"] = int(keep_in.sum())
+        else:
+            plan.slice_input(node, 1, {0: keep_out, 1: keep_in})
+        if optional_input(node, 2) is not None:
+            plan.slice_input(node, 2, {0: keep_out})
+
+
+@register("ConvTranspose")
+class ConvTransposeRule(Rule):
+    """Weight is (C_in, C_out / group, k...): input channels on axis 0, outputs on axis 1."""
+
+    def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
+        weight = constant(node.inputs[1])
+        group = int(node.attrs.get("group", 1))
+        if weight is None or group != 1:
+            cg.freeze_inputs(node, f"ConvTranspose '{node.name}' is grouped or has no constant weight")
+            if weight is None:
+                return
+        out = cg.new_source(node, "conv", int(weight.shape[1] * group))
+        if group != 1:
+            cg.freeze(out.atoms, f"grouped ConvTranspose '{node.name}'")
+        cg.set_layout(node.outputs[0], out)
+
+    def rewrite(self, node: gs.Node, plan: Plan) -> None:
+        keep_out = plan.keep(node.outputs[0])
+        plan.slice_input(node, 1, {0: plan.keep(node.inputs[0]), 1: keep_out})
+        if optional_input(node, 2) is not None:
+            plan.slice_input(node, 2, {0: keep_out})
+
+
+@register("Gemm")
+class GemmRule(Rule):
+    """Dense layer: units are a new source; input features index B's K axis."""
+
+    def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
+        weight = constant(node.inputs[1])
+        layout = cg.layout(node.inputs[0])
+        if weight is None or int(node.attrs.get("transA", 0)):
+            cg.freeze_inputs(node, f"Gemm '{node.name}' is transposed or has a computed weight")
+            return
+        units = int(weight.shape[0 if int(node.attrs.get("transB", 0)) else 1])
+        out = cg.new_source(node, "dense", units)
+        bias = optional_input(node, 2)
+        if bias is not None and constant(bias) is None:
+            cg.freeze(out.atoms, f"Gemm '{node.name}' has a computed bias")
+        if layout is not None and layout.axis != 1:
+            cg.freeze(layout.atoms, f"Gemm '{node.name}' reads channels on the batch axis")
+        cg.set_layout(node.outputs[0], out)
+
+    def rewrite(self, node: gs.Node, plan: Plan) -> None:
+        trans_b = int(node.attrs.get("transB", 0))
+        keep_out = plan.keep(node.outputs[0])
+        keep_in = plan.keep(node.inputs[0])
+        plan.slice_input(node, 1, {trans_b: keep_in, 1 - trans_b: keep_out})
+        bias = optional_input(node, 2)
+        if bias is not None and keep_out is not None:
+            values = constant(bias)
+            if values.ndim >= 1 and values.shape[-1] == keep_out.size and keep_out.size > 1:
+                plan.slice_input(node, 2, {values.ndim - 1: keep_out})
+
+
+@register("MatMul")
+class MatMulRule(Rule):
+    """x @ W with a constant 2-D W: columns are a new source, rows read x's last axis."""
+
+    def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
+        weight = constant(node.inputs[1])
+        layout = cg.layout(node.inputs[0])
+        rank = len(cg.shape(node.inputs[0]) or ())
+        if weight is None or weight.ndim != 2 or constant(node.inputs[0]) is not None:
+            cg.freeze_inputs(node, f"MatMul '{node.name}' multiplies two activations")
+            return
+        if layout is not None and layout.axis != rank - 1:
+            cg.set_layout(node.outputs[0], layout)  # rows of x pass through unchanged
+            return
+        out = cg.new_source(node, "dense", int(weight.shape[1]))
+        cg.set_layout(node.outputs[0], out.moved(max(rank - 1, 1)))
+
+    def rewrite(self, node: gs.Node, plan: Plan) -> None:
+        layout = plan.cg.layout(node.inputs[0])
+        out_layout = plan.cg.layout(node.outputs[0])
+        if layout is not None and out_layout is not None and layout.same_as(out_layout):
+            return
+        plan.slice_input(
+            node, 1, {0: plan.keep(node.inputs[0]), 1: plan.keep(node.outputs[0])}
+        )
+
+
+def output_major_weight(node: gs.Node) -> np.ndarray | None:
+    """The producer's weight with its output channels on axis 0 (for weight criteria)."""
+    weight = constant(node.inputs[1])
+    if weight is None:
+        return None
+    if node.op == "Gemm":
+        return weight if int(node.attrs.get("transB", 0)) else weight.T
+    if node.op == "MatMul":
+        return weight.T
+    if node.op == "ConvTranspose":
+        return np.swapaxes(weight, 0, 1)
+    return weight

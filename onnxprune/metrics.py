@@ -1,0 +1,104 @@
+"""Model measurements the reports are made of: parameters, MACs, size, latency, accuracy."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from .graph.shapes import probe_shapes
+from .io import Dataset
+from .observe import predict
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of floating-point weights (initializers and Constant nodes)."""
+    total = sum(
+        int(np.prod(init.dims)) for init in model.graph.initializer if init.data_type in FLOAT_TYPES
+    )
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type in FLOAT_TYPES:
+                    total += int(np.prod(attr.t.dims))
+    return total
+
+
+def _kernel_macs(node: onnx.NodeProto, weights: dict, shapes: dict) -> int:
+    out = shapes.get(node.output[0])
+    if out is None:
+        return 0
+    out_elems = int(np.prod(out[1:]))
+    if node.op_type == "Conv" and node.input[1] in weights:
+        w = weights[node.input[1]]
+        return out_elems * int(np.prod(w[1:]))
+    if node.op_type == "ConvTranspose" and node.input[1] in weights:
+        w = weights[node.input[1]]
+        x = shapes.get(node.input[0])
+        return 0 if x is None else int(np.prod(x[1:])) * int(np.prod(w[1:]))
+    if node.op_type in ("Gemm", "MatMul"):
+        a = shapes.get(node.input[0]) or weights.get(node.input[0])
+        if a is None:
+            return 0
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        inner = a[0] if trans_a and len(a) == 2 else a[-1]
+        return out_elems * int(inner)
+    return 0
+
+
+def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> int:
+    """Multiply-accumulates per sample of the Conv/ConvTranspose/Gemm/MatMul nodes."""
+    one = {name: value[:1] for name, value in feed.items()}
+    shapes = probe_shapes(model, one)
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    return sum(_kernel_macs(node, weights, shapes) for node in model.graph.node)
+
+
+def layer_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    one = {name: value[:1] for name, value in feed.items()}
+    shapes = probe_shapes(model, one)
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    return {node.name: _kernel_macs(node, weights, shapes) for node in model.graph.node}
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    return model.ByteSize()
+
+
+def latency_ms(
+    model: onnx.ModelProto, feed: dict[str, np.ndarray], repeats: int = 30, warmup: int = 5
+) -> float:
+    """Median onnxruntime CPU latency (ms) for ``feed`` after warm-up runs."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def task_of(labels: np.ndarray) -> str:
+    return "classification" if np.issubdtype(labels.dtype, np.integer) else "regression"
+
+
+def evaluate(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> dict[str, float]:
+    """Top-1 accuracy (integer labels) or MSE (float targets) of the first output."""
+    outputs = predict(model, dataset, batch_size)
+    labels = np.asarray(dataset.labels)
+    if task_of(labels) == "classification":
+        predicted = outputs.reshape(len(outputs), -1).argmax(axis=1)
+        return {"accuracy": float((predicted == labels.reshape(-1)).mean())}
+    error = outputs.reshape(labels.shape) - labels
+    return {"mse": float(np.mean(np.square(error, dtype=np.float64)))}

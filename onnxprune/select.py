@@ -1,0 +1,77 @@
+"""Stage `select`: turn per-channel scores into a keep mask per channel group."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ParameterError
+from .graph.channel_graph import ChannelGraph
+from .graph.groups import ChannelGroup
+
+
+def check_k(k: float) -> float:
+    if not (isinstance(k, int | float) and math.isfinite(k) and 0 <= k < 100):
+        raise ParameterError(f"k must be a percentile in [0, 100), got {k}")
+    return float(k)
+
+
+def group_scores(group: ChannelGroup, source_scores: dict[str, np.ndarray]) -> np.ndarray:
+    """One score per group channel: the mean over the member sources that carry it."""
+    total = np.zeros(group.size)
+    count = np.zeros(group.size)
+    for source in group.sources:
+        scores = source_scores.get(source.name)
+        if scores is None:
+            continue
+        index = group.channel_of[source.name]
+        np.add.at(total, index, scores)
+        np.add.at(count, index, 1)
+    return np.divide(total, count, out=np.zeros(group.size), where=count > 0)
+
+
+def percentile_mask(scores: np.ndarray, k: float, round_to: int = 1) -> np.ndarray:
+    """Drop the floor(k% * M) lowest-scored channels, keep at least one.
+
+    Ties break by channel index (a stable sort), so the same scores give the same mask.
+    ``round_to`` rounds the kept count up to a multiple (fast kernels like multiples of 8).
+    """
+    size = scores.shape[0]
+    drop = min(math.floor(k * size / 100 + 1e-9), size - 1)
+    if round_to > 1:
+        kept = min(size, -(-(size - drop) // round_to) * round_to)
+        drop = size - kept
+    mask = np.ones(size, dtype=bool)
+    mask[np.argsort(scores, kind="stable")[:drop]] = False
+    return mask
+
+
+def threshold_mask(scores: np.ndarray, epsilon: float, allow_empty: bool = False) -> np.ndarray:
+    """Keep channels scoring above ``epsilon`` (ODF2NNA: std > epsilon)."""
+    mask = scores > epsilon
+    if not mask.any() and not allow_empty:
+        mask[int(np.argmax(scores))] = True
+    return mask
+
+
+def keep_nonempty(
+    cg: ChannelGraph,
+    groups: list[ChannelGroup],
+    masks: dict[int, np.ndarray],
+    scores: dict[int, np.ndarray],
+) -> None:
+    """Split/Slice outputs must keep a channel: restore the best one where none is left."""
+    roots = cg.roots()
+    where: dict[int, tuple[int, int]] = {}
+    for group in groups:
+        for channel, root in enumerate(group.roots.tolist()):
+            where[root] = (group.index, channel)
+    for atoms in cg.nonempty:
+        places = [where[r] for r in np.unique(roots[atoms]).tolist() if r in where]
+        if not places or any(masks.get(g, np.ones(1, bool))[c] for g, c in places if g in masks):
+            continue
+        if any(g not in masks for g, _ in places):
+            continue
+        best = max(places, key=lambda place: scores[place[0]][place[1]])
+        masks[best[0]][best[1]] = True
