@@ -271,18 +271,35 @@ def split_dataset(
 
 @dataclass
 class TargetScaling:
-    """Regression targets are trained standardised, then folded into the output layer."""
+    """Regression targets are trained standardised, then folded into the output layer.
 
-    mean: float
-    std: float
+    Per output column; a constant column keeps std 1.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, y: np.ndarray) -> TargetScaling:
+        y = y.astype(np.float64)
+        std = np.atleast_1d(y.std(axis=0))
+        std[std == 0] = 1.0
+        return cls(np.atleast_1d(y.mean(axis=0)), std)
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        mean = self.mean if y.ndim > 1 else self.mean[0]
+        std = self.std if y.ndim > 1 else self.std[0]
+        return ((y.astype(np.float64) - mean) / std).astype(np.float32)
 
 
 def _fold_target_scaling(module: MLP, scaling: TargetScaling) -> None:
-    """Make the output layer predict raw targets: y = std * z + mean, exactly one Gemm."""
+    """Make the output layer predict raw targets: y = std * z + mean, still one Gemm."""
     layer = module.output_layer
+    std = torch.as_tensor(scaling.std, dtype=layer.weight.dtype, device=layer.weight.device)
+    mean = torch.as_tensor(scaling.mean, dtype=layer.bias.dtype, device=layer.bias.device)
     with torch.no_grad():
-        layer.weight.mul_(scaling.std)
-        layer.bias.mul_(scaling.std).add_(scaling.mean)
+        layer.weight.mul_(std.reshape(-1, 1))
+        layer.bias.mul_(std).add_(mean)
 
 
 def train_mlp(
@@ -351,9 +368,8 @@ def train_mlp(
 
     scaling = None
     if task == "regression" and scale_targets:
-        std = float(np.std(y_train.astype(np.float64)))
-        scaling = TargetScaling(float(np.mean(y_train.astype(np.float64))), std if std > 0 else 1.0)
-        y_train = ((y_train - scaling.mean) / scaling.std).astype(np.float32)
+        scaling = TargetScaling.fit(y_train)
+        y_train = scaling.apply(y_train)
     eval_data = None
     if x_eval is not None and y_eval is not None:
         x_eval = _as_features(x_eval, "eval features", num_features)
@@ -363,7 +379,7 @@ def train_mlp(
         else:
             y_eval = y_eval.astype(np.float32)
             if scaling is not None:
-                y_eval = ((y_eval - scaling.mean) / scaling.std).astype(np.float32)
+                y_eval = scaling.apply(y_eval)
         eval_data = TrainData(x_eval, y_eval)
 
     result = train(

@@ -44,9 +44,7 @@ def prepare(
 ) -> tuple[onnx.ModelProto, Analysis, Dataset | None]:
     """Load the model and data, check they fit, and analyze the channel groups."""
     original = load_model(model)
-    dataset = None
-    if data is not None:
-        dataset = load_data(data, input_specs(original))
+    dataset = None if data is None else load_data(data, input_specs(original))
     sample = _first_feed(dataset) if dataset is not None else None
     progress.info("analyzing channel groups")
     try:
@@ -125,10 +123,11 @@ def ocnna(
         raise DataError(f"criterion '{criterion}' needs data: pass D_var samples (--data)")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    original, analysis, dataset = prepare(model, data)
+    original = load_model(model)
     eval_set = None
-    if eval_data is not None:
-        eval_set = load_data(eval_data, analysis.specs, require_labels=True)
+    if eval_data is not None:  # checked before any work starts
+        eval_set = load_data(eval_data, input_specs(original), require_labels=True)
+    _, analysis, dataset = prepare(original, data)
     groups = analysis.prunable(convs_only)
     if not groups:
         raise ModelError("the model has no prunable channel group" + _frozen_hint(analysis))

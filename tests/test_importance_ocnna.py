@@ -142,6 +142,21 @@ def test_chunk_size_does_not_change_the_result(chunk_size: int) -> None:
     )
 
 
+def test_strided_channels_last_view_gives_the_same_result_as_contiguous_maps() -> None:
+    # observe() hands NHWC activations over as np.moveaxis views.
+    rng = np.random.default_rng(12)
+    nhwc = rng.standard_normal((5, 6, 7, 4)).astype(np.float32)
+    view = np.moveaxis(nhwc, 3, 1)
+    assert not view.flags.c_contiguous
+    want = pca95_frobenius(np.ascontiguousarray(view))
+    for chunk_size in (None, 1, 3, 9):
+        np.testing.assert_array_equal(pca95_frobenius(view, chunk_size=chunk_size), want)
+
+
+def test_empty_batch_gives_an_empty_result() -> None:
+    assert pca95_frobenius(np.zeros((0, 3, 4, 4))).shape == (0, 3)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("shape", [(4, 4), (1, 4)])
 def test_non_finite_maps_are_rejected_with_a_data_error(bad: float, shape: tuple[int, int]) -> None:

@@ -156,8 +156,8 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _to_tensor(array: np.ndarray) -> Tensor:
-    """A writable, contiguous torch copy of an ONNX constant."""
-    return torch.from_numpy(np.ascontiguousarray(array).copy())
+    """A writable, contiguous torch copy of an ONNX constant (0-d stays 0-d)."""
+    return torch.from_numpy(np.array(array, copy=True, order="C"))
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
@@ -946,11 +946,11 @@ def _reshape_dynamic(x: Tensor, shape: Tensor, allowzero: bool) -> Tensor:
     """Reshape to a runtime shape tensor, staying traceable for a dynamic batch on export."""
     shape = shape.to(torch.int64)
     if not allowzero:
-        n = shape.shape[0]
-        in_shape = shape_as_tensor(x)
-        pad = torch.ones(max(n - x.dim(), 0), dtype=torch.int64, device=shape.device)
-        in_shape = torch.cat([in_shape.to(shape.device), pad])[:n]
-        shape = torch.where(shape == 0, in_shape, shape)
+        n = len(shape)
+        in_shape = shape_as_tensor(x).to(shape.device)
+        if n > x.dim():  # a 0 past the input rank is invalid ONNX anyway; keep lengths equal
+            in_shape = torch.cat([in_shape, shape.new_ones(n - x.dim())])
+        shape = torch.where(shape == 0, in_shape[:n], shape)
     return reshape_from_tensor_shape(x, shape)
 
 

@@ -37,7 +37,7 @@ EVAL_BATCH_SIZE = 1024
 _PROB_FLOOR = 1e-12
 
 
-@dataclass
+@dataclass(eq=False)
 class TrainData:
     """Inputs (one array, or a tuple for multi-input models) and targets, row-aligned.
 

@@ -1,0 +1,170 @@
+"""The command line: the sample run end to end, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import check
+from click.testing import CliRunner
+
+from onnxprune.cli import main
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+MODEL = SAMPLES / "mnist_cnn.onnx"
+DVAR = SAMPLES / "mnist_dvar.npz"
+TEST = SAMPLES / "mnist_test.npz"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    model = tmp_path / "model.onnx"
+    shutil.copy(MODEL, model)
+    data = np.load(DVAR)
+    np.savez(tmp_path / "dvar.npz", x=data["x"][:64], y=data["y"][:64])
+    test = np.load(TEST)
+    np.savez(tmp_path / "test.npz", x=test["x"][:256], y=test["y"][:256])
+    return tmp_path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_ocnna_writes_model_and_report_and_leaves_input_untouched(workdir):
+    before = _sha(workdir / "model.onnx")
+    result = invoke("ocnna", workdir / "model.onnx", "--k", 40, "--data", workdir / "dvar.npz",
+                    "--eval", workdir / "test.npz", "--report", workdir / "r.json")
+    assert result.exit_code == 0, result.output
+    assert _sha(workdir / "model.onnx") == before
+    out = workdir / "model.ocnna-k40.onnx"
+    pruned = onnx.load(str(out))
+    check(pruned)
+    report = json.loads((workdir / "r.json").read_text())
+    for key in ("method", "parameters", "params_before", "params_after", "flops_before",
+                "flops_after", "layers", "accuracy_before", "accuracy_after"):
+        assert key in report
+    assert report["parameters"]["k"] == 40
+    assert report["params_after"] < 0.5 * report["params_before"]
+    conv = [layer for layer in report["layers"] if layer["op"] == "Conv"]
+    assert [layer["kept"] for layer in conv] == [t - int(0.4 * t) for t in (16, 32, 64, 64)]
+    assert (workdir / "r.md").read_text().startswith("# onnxprune ocnna report")
+    meta = {p.key: p.value for p in pruned.metadata_props}
+    assert meta["onnxprune.method"] == "ocnna"
+    assert meta["onnxprune.source_sha256"] == before
+    assert "kept / total per layer" in result.output
+
+
+def test_same_inputs_give_byte_identical_models(workdir):
+    for name in ("a.onnx", "b.onnx"):
+        result = invoke("ocnna", workdir / "model.onnx", "--data", workdir / "dvar.npz",
+                        "-o", workdir / name, "--quiet")
+        assert result.exit_code == 0
+    assert _sha(workdir / "a.onnx") == _sha(workdir / "b.onnx")
+
+
+def _bad_inputs(workdir: Path) -> dict[str, tuple[list, str]]:
+    model, data = workdir / "model.onnx", workdir / "dvar.npz"
+    (workdir / "garbage.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (workdir / "text.onnx").write_text("this is not a model\n")
+    raw = model.read_bytes()
+    (workdir / "truncated.onnx").write_bytes(raw[: len(raw) // 2])
+    (workdir / "empty.onnx").write_bytes(b"")
+    np.savez(workdir / "wrong_shape.npz", x=np.zeros((4, 1, 32, 32), np.float32))
+    nan = np.zeros((4, 1, 28, 28), np.float32)
+    nan[1, 0, 3, 3] = np.nan
+    np.savez(workdir / "nan.npz", x=nan)
+    np.savez(workdir / "empty_data.npz", x=np.zeros((0, 1, 28, 28), np.float32))
+    np.savez(workdir / "no_x.npz", images=np.zeros((4, 1, 28, 28), np.float32))
+    (workdir / "exists.onnx").write_bytes(b"keep me")
+    return {
+        "missing model": (["ocnna", workdir / "nope.onnx", "--data", data], "not found"),
+        "random bytes": (["ocnna", workdir / "garbage.onnx", "--data", data], "ONNX"),
+        "text file": (["ocnna", workdir / "text.onnx", "--data", data], "ONNX"),
+        "truncated": (["ocnna", workdir / "truncated.onnx", "--data", data], "ONNX"),
+        "empty file": (["ocnna", workdir / "empty.onnx", "--data", data], "empty"),
+        "shape mismatch": (["ocnna", model, "--data", workdir / "wrong_shape.npz"], "shape"),
+        "NaN data": (["ocnna", model, "--data", workdir / "nan.npz"], "NaN"),
+        "empty data": (["ocnna", model, "--data", workdir / "empty_data.npz"], "empty"),
+        "no x key": (["ocnna", model, "--data", workdir / "no_x.npz"], "no array"),
+        "missing data": (["ocnna", model, "--data", workdir / "none.npz"], "not found"),
+        "k = 100": (["ocnna", model, "--data", data, "--k", 100], "[0, 100)"),
+        "k < 0": (["ocnna", model, "--data", data, "--k", -1], "[0, 100)"),
+        "no data": (["ocnna", model], "needs data"),
+        "output exists": (["ocnna", model, "--data", data, "-o", workdir / "exists.onnx"],
+                          "--force"),
+        "output dir missing": (["ocnna", model, "--data", data, "-o", workdir / "no/x.onnx"],
+                               "does not exist"),
+        "output is input": (["ocnna", model, "--data", data, "-o", model, "--force"],
+                            "input model"),
+        "eval without labels": (["ocnna", model, "--data", data, "--eval",
+                                 workdir / "wrong_shape.npz"], "shape"),
+    }
+
+
+CASES = [
+    "missing model", "random bytes", "text file", "truncated", "empty file", "shape mismatch",
+    "NaN data", "empty data", "no x key", "missing data", "k = 100", "k < 0", "no data",
+    "output exists", "output dir missing", "output is input", "eval without labels",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_line_and_no_output(workdir, case):
+    args, needle = _bad_inputs(workdir)[case]
+    model_hash = _sha(workdir / "model.onnx")
+    files_before = {p.name for p in workdir.iterdir()}
+    result = invoke(*args)
+    assert result.exit_code not in (0, 1), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in result.output
+    assert {p.name for p in workdir.iterdir()} == files_before
+    assert _sha(workdir / "model.onnx") == model_hash
+    assert (workdir / "exists.onnx").read_bytes() == b"keep me"
+
+
+def test_verbose_shows_the_traceback(workdir):
+    (workdir / "bad.onnx").write_text("nope")
+    result = invoke("ocnna", workdir / "bad.onnx", "--data", workdir / "dvar.npz", "--verbose")
+    assert result.exit_code == 3
+    assert "Traceback" in result.stderr
+
+
+def test_model_without_prunable_layer_is_refused(workdir):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["input"], ["output"])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph), str(workdir / "relu.onnx"))
+    np.savez(workdir / "x.npz", x=np.ones((3, 4), np.float32))
+    result = invoke("ocnna", workdir / "relu.onnx", "--data", workdir / "x.npz")
+    assert result.exit_code == 3
+    assert "no prunable channel group" in result.stderr
+
+
+def test_inspect_json_lists_groups_and_reasons():
+    result = invoke("inspect", MODEL, "--json")
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    assert info["prunable_groups"] == 5
+    assert info["groups"][-1]["reason"].startswith("carried by model output")
+    assert info["conv_params_prunable_ratio"] == 1.0
+
+
+def test_version_and_help():
+    assert "onnxprune" in invoke("--version").output
+    help_text = invoke("ocnna", "--help").output
+    assert "Examples" in help_text and "--k" in help_text
