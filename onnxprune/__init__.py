@@ -1,7 +1,7 @@
 """onnxprune: make trained networks physically smaller, from ONNX to ONNX.
 
-    import onnxprune
-    model, report = onnxprune.ocnna("model.onnx", k=40, data="dvar.npz")
+import onnxprune
+model, report = onnxprune.ocnna("model.onnx", k=40, data="dvar.npz")
 """
 
 __version__ = "0.1.0"

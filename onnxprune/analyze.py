@@ -32,9 +32,7 @@ class Analysis:
         raise KeyError(f"no channel source named '{source_name}'")
 
     def prunable(self, convs_only: bool = False) -> list[ChannelGroup]:
-        return [
-            g for g in self.groups if g.prunable and (not convs_only or g.kind == "conv")
-        ]
+        return [g for g in self.groups if g.prunable and (not convs_only or g.kind == "conv")]
 
     def frozen(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.prunable]

@@ -38,8 +38,11 @@ def handle_errors(command):
             if verbose:
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0]
-            click.echo(f"error: internal error: {type(exc).__name__}: {first} "
-                       "(run with --verbose for the traceback)", err=True)
+            click.echo(
+                f"error: internal error: {type(exc).__name__}: {first} "
+                "(run with --verbose for the traceback)",
+                err=True,
+            )
             sys.exit(1)
 
     wrapper = click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")(wrapper)
@@ -75,35 +78,88 @@ def main() -> None:
     """Make trained networks smaller: data-driven structured pruning of ONNX models."""
 
 
-@main.command(epilog="""\b
+@main.command(
+    epilog="""\b
 Examples:
   onnxprune ocnna model.onnx --k 40 --data dvar.npz
   onnxprune ocnna model.onnx --k 40 --data dvar.npz --eval test.npz -o small.onnx --report r.json
-""")
+"""
+)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--k", "k", type=float, default=40.0, show_default=True,
-              help="Percentile of significance: drop k% of each group's channels, 0 <= k < 100.")
-@click.option("--data", "data", type=click.Path(dir_okay=False),
-              help="D_var samples (.npz with x/X, or .npy) used to score channels.")
-@click.option("--eval", "eval_data", type=click.Path(dir_okay=False),
-              help="Labelled data (.npz with x and y): accuracy before and after.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Write the JSON report here (and a Markdown copy beside it).")
-@click.option("--criterion", default="ocnna", show_default=True,
-              type=click.Choice(["ocnna", "l1", "random", "apoz"]),
-              help="Importance criterion (baselines share groups and selection).")
+@click.option(
+    "--k",
+    "k",
+    type=float,
+    default=40.0,
+    show_default=True,
+    help="Percentile of significance: drop k% of each group's channels, 0 <= k < 100.",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(dir_okay=False),
+    help="D_var samples (.npz with x/X, or .npy) used to score channels.",
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(dir_okay=False),
+    help="Labelled data (.npz with x and y): accuracy before and after.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Write the JSON report here (and a Markdown copy beside it).",
+)
+@click.option(
+    "--criterion",
+    default="ocnna",
+    show_default=True,
+    type=click.Choice(["ocnna", "l1", "random", "apoz"]),
+    help="Importance criterion (baselines share groups and selection).",
+)
 @click.option("--convs-only", is_flag=True, help="Prune conv filters only, keep dense units.")
-@click.option("--round-to", type=int, default=1, show_default=True,
-              help="Round kept channel counts up to a multiple of this (8 or 16 for speed).")
+@click.option(
+    "--round-to",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Round kept channel counts up to a multiple of this (8 or 16 for speed).",
+)
+@click.option(
+    "--compensate/--no-compensate",
+    default=True,
+    show_default=True,
+    help="Fold removed channels' mean activation into the next layers' biases.",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @handle_errors
-def ocnna(model, k, data, eval_data, output, report_path, criterion, convs_only, round_to,
-          batch_size, device, seed, force) -> None:
+def ocnna(
+    model,
+    k,
+    data,
+    eval_data,
+    output,
+    report_path,
+    criterion,
+    convs_only,
+    round_to,
+    compensate,
+    batch_size,
+    device,
+    seed,
+    force,
+) -> None:
     """Prune conv filters (and dense units) of MODEL with OCNNA."""
     from .api_io import save_outputs
     from .pipeline import ocnna as run_ocnna
@@ -113,20 +169,35 @@ def ocnna(model, k, data, eval_data, output, report_path, criterion, convs_only,
     output = Path(output) if output else _default_output(model, f"ocnna-{_k_tag(k)}")
     report = Path(report_path) if report_path else None
     _check_outputs([output, report], force, model)
-    result = run_ocnna(model, k, data, eval_data=eval_data, criterion=criterion,
-                       convs_only=convs_only, batch_size=batch_size, device=device,
-                       round_to=round_to, seed=seed)
+    result = run_ocnna(
+        model,
+        k,
+        data,
+        eval_data=eval_data,
+        criterion=criterion,
+        convs_only=convs_only,
+        batch_size=batch_size,
+        device=device,
+        round_to=round_to,
+        seed=seed,
+        compensate=compensate,
+    )
     save_outputs(result, output, report, force)
 
 
-@main.command(epilog="""\b
+@main.command(
+    epilog="""\b
 Examples:
   onnxprune inspect model.onnx
   onnxprune inspect model.onnx --data dvar.npz --json
-""")
+"""
+)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Path(dir_okay=False),
-              help="Sample data (needed when the model input has dynamic spatial sizes).")
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False),
+    help="Sample data (needed when the model input has dynamic spatial sizes).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @handle_errors
 def inspect(model, data, as_json) -> None:

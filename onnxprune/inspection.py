@@ -14,7 +14,9 @@ from .pipeline import _first_feed, _zeros_feed, prepare
 
 
 def _node_params(node) -> int:
-    return sum(int(np.prod(v.shape)) for v in (constant(t) for t in node.inputs[1:]) if v is not None)
+    return sum(
+        int(np.prod(v.shape)) for v in (constant(t) for t in node.inputs[1:]) if v is not None
+    )
 
 
 def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = None) -> dict:
@@ -31,13 +33,26 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
             if source.kind == "conv":
                 conv_total += params
                 conv_prunable += params if group.prunable else 0
-            members.append({"name": source.name, "op": source.node.op, "channels": source.size,
-                            "params": params, "macs": macs.get(source.name, 0),
-                            "watched": source.watched})
-        groups.append({"group": group.index, "kind": group.kind, "channels": group.size,
-                       "prunable": group.prunable,
-                       "reason": None if group.prunable else (group.frozen_reason or "single channel"),
-                       "layers": members})
+            members.append(
+                {
+                    "name": source.name,
+                    "op": source.node.op,
+                    "channels": source.size,
+                    "params": params,
+                    "macs": macs.get(source.name, 0),
+                    "watched": source.watched,
+                }
+            )
+        groups.append(
+            {
+                "group": group.index,
+                "kind": group.kind,
+                "channels": group.size,
+                "prunable": group.prunable,
+                "reason": None if group.prunable else (group.frozen_reason or "single channel"),
+                "layers": members,
+            }
+        )
     return {
         "model": str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>",
         "params": count_params(analysis.model),
@@ -57,12 +72,19 @@ def print_inspection(info: dict) -> None:
         table.add_column(column)
     for group in info["groups"]:
         names = "\n".join(layer["name"] for layer in group["layers"])
-        table.add_row(str(group["group"]), names, group["kind"], str(group["channels"]),
-                      f"{sum(m['params'] for m in group['layers']):,}",
-                      f"{sum(m['macs'] for m in group['layers']):,}",
-                      "yes" if group["prunable"] else f"no: {group['reason']}")
+        table.add_row(
+            str(group["group"]),
+            names,
+            group["kind"],
+            str(group["channels"]),
+            f"{sum(m['params'] for m in group['layers']):,}",
+            f"{sum(m['macs'] for m in group['layers']):,}",
+            "yes" if group["prunable"] else f"no: {group['reason']}",
+        )
     console = Console()
     console.print(table)
-    console.print(f"params {info['params']:,}  MACs {info['macs']:,}  prunable groups "
-                  f"{info['prunable_groups']}/{len(info['groups'])}  conv params in prunable "
-                  f"groups {100 * info['conv_params_prunable_ratio']:.1f}%")
+    console.print(
+        f"params {info['params']:,}  MACs {info['macs']:,}  prunable groups "
+        f"{info['prunable_groups']}/{len(info['groups'])}  conv params in prunable "
+        f"groups {100 * info['conv_params_prunable_ratio']:.1f}%"
+    )

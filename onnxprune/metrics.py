@@ -7,14 +7,17 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from .graph.shapes import probe_shapes
 from .io import Dataset
 from .observe import predict
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-               onnx.TensorProto.BFLOAT16}
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -77,8 +80,9 @@ def latency_ms(
     """Median onnxruntime CPU latency (ms) for ``feed`` after warm-up runs."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     for _ in range(warmup):
         session.run(None, feed)
     times = []

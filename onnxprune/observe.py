@@ -44,7 +44,9 @@ def session_with_outputs(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.log_severity_level = 3
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=providers_for(device))
+    return ort.InferenceSession(
+        exposed.SerializeToString(), options, providers=providers_for(device)
+    )
 
 
 def observe(

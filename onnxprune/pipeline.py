@@ -56,9 +56,7 @@ def prepare(
     return original, analysis, dataset
 
 
-def masks_for_removal(
-    analysis: Analysis, remove: Mapping[str, list[int]]
-) -> dict[int, np.ndarray]:
+def masks_for_removal(analysis: Analysis, remove: Mapping[str, list[int]]) -> dict[int, np.ndarray]:
     """Keep masks that drop the given channels of named sources (and their coupled ones)."""
     masks: dict[int, np.ndarray] = {}
     for source_name, channels in remove.items():
@@ -72,9 +70,14 @@ def masks_for_removal(
     return masks
 
 
-def apply_masks(analysis: Analysis, masks: dict[int, np.ndarray]) -> onnx.ModelProto:
-    """Rewrite the analysed model for ``masks`` (group index -> keep mask)."""
-    return rewrite(analysis.model, Plan(analysis.cg, analysis.groups, masks))
+def apply_masks(
+    analysis: Analysis,
+    masks: dict[int, np.ndarray],
+    means: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Rewrite the analysed model for ``masks`` (group index -> keep mask); ``means``
+    (consumer input -> per-position mean) turns on mean compensation."""
+    return rewrite(analysis.model, Plan(analysis.cg, analysis.groups, masks, means))
 
 
 def prune_channels(
@@ -107,18 +110,23 @@ def ocnna(
     device: str = "cpu",
     round_to: int = 1,
     seed: int = 0,
+    compensate: bool = True,
 ) -> PruneResult:
     """Prune ``model`` with OCNNA (or a baseline criterion) at percentile ``k``.
 
     ``data`` is D_var (array, .npz/.npy path or mapping input name -> array); every
     prunable channel group loses floor(k% * M) of its M channels, the least important first.
+    With ``compensate`` each removed channel's mean over D_var is folded into the biases
+    of the layers that read it.
     """
     k = check_k(k)
     if batch_size < 1:
         raise ParameterError(f"batch size must be at least 1, got {batch_size}")
     if round_to < 1:
         raise ParameterError(f"round-to must be at least 1, got {round_to}")
-    importance = get_criterion(criterion, seed=seed) if criterion == "random" else get_criterion(criterion)
+    importance = (
+        get_criterion(criterion, seed=seed) if criterion == "random" else get_criterion(criterion)
+    )
     if data is None and importance.needs_activations:
         raise DataError(f"criterion '{criterion}' needs data: pass D_var samples (--data)")
     timings: dict[str, float] = {}
@@ -134,7 +142,9 @@ def ocnna(
     timings["analyze_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    source_scores = score_sources(analysis, groups, importance, dataset, batch_size, device)
+    source_scores, means = score_sources(
+        analysis, groups, importance, dataset, batch_size, device, compensate
+    )
     timings["score_s"] = time.perf_counter() - start
 
     scores = {g.index: group_scores(g, source_scores) for g in groups}
@@ -142,12 +152,18 @@ def ocnna(
     keep_nonempty(analysis.cg, analysis.groups, masks, scores)
 
     start = time.perf_counter()
-    pruned = apply_masks(analysis, masks)
+    pruned = apply_masks(analysis, masks, means)
     feed = _first_feed(dataset) if dataset is not None else _zeros_feed(analysis)
     verify(pruned, analysis.model, feed)
     timings["rewrite_verify_s"] = time.perf_counter() - start
 
-    parameters = {"k": k, "criterion": criterion, "convs_only": convs_only, "round_to": round_to}
+    parameters = {
+        "k": k,
+        "criterion": criterion,
+        "convs_only": convs_only,
+        "round_to": round_to,
+        "compensate": compensate,
+    }
     report = build_report("ocnna", parameters, model, analysis, pruned, masks, scores, feed)
     if eval_set is not None:
         progress.info("evaluating before/after accuracy")
@@ -200,18 +216,24 @@ def build_report(
         for source in group.sources:
             total = source.size
             kept = total if mask is None else int(mask[group.channel_of[source.name]].sum())
-            layers.append({
-                "name": source.name,
-                "op": source.node.op,
-                "kind": source.kind,
-                "group": group.index,
-                "kept": kept,
-                "total": total,
-                "prunable": group.prunable,
-            })
+            layers.append(
+                {
+                    "name": source.name,
+                    "op": source.node.op,
+                    "kind": source.kind,
+                    "group": group.index,
+                    "kept": kept,
+                    "total": total,
+                    "prunable": group.prunable,
+                }
+            )
     frozen = [
-        {"group": g.index, "layers": [s.name for s in g.sources], "channels": g.size,
-         "reason": g.frozen_reason or "single channel"}
+        {
+            "group": g.index,
+            "layers": [s.name for s in g.sources],
+            "channels": g.size,
+            "reason": g.frozen_reason or "single channel",
+        }
         for g in analysis.frozen()
     ]
     return {

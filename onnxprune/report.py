@@ -20,13 +20,24 @@ def _ratio(after: float, before: float) -> str:
 def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(metric, before, after, after/before) rows shared by Markdown and the terminal."""
     rows = [
-        ("parameters", _fmt_int(report["params_before"]), _fmt_int(report["params_after"]),
-         _ratio(report["params_after"], report["params_before"])),
-        ("FLOPs", _fmt_int(report["flops_before"]), _fmt_int(report["flops_after"]),
-         _ratio(report["flops_after"], report["flops_before"])),
-        ("file size (bytes)", _fmt_int(report["size_bytes_before"]),
-         _fmt_int(report["size_bytes_after"]),
-         _ratio(report["size_bytes_after"], report["size_bytes_before"])),
+        (
+            "parameters",
+            _fmt_int(report["params_before"]),
+            _fmt_int(report["params_after"]),
+            _ratio(report["params_after"], report["params_before"]),
+        ),
+        (
+            "FLOPs",
+            _fmt_int(report["flops_before"]),
+            _fmt_int(report["flops_after"]),
+            _ratio(report["flops_after"], report["flops_before"]),
+        ),
+        (
+            "file size (bytes)",
+            _fmt_int(report["size_bytes_before"]),
+            _fmt_int(report["size_bytes_after"]),
+            _ratio(report["size_bytes_after"], report["size_bytes_before"]),
+        ),
     ]
     for metric in ("accuracy", "mse"):
         if f"{metric}_before" in report:
@@ -39,14 +50,28 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
 def to_markdown(report: dict) -> str:
     """A human report: totals, per-layer kept/total, and what was frozen and why."""
     params = ", ".join(f"{k}={v}" for k, v in report["parameters"].items())
-    lines = [f"# onnxprune {report['method']} report", "", f"Model: `{report['model']}`  ",
-             f"Parameters: {params}", "", "| metric | before | after | after/before |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"# onnxprune {report['method']} report",
+        "",
+        f"Model: `{report['model']}`  ",
+        f"Parameters: {params}",
+        "",
+        "| metric | before | after | after/before |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {m} | {b} | {a} | {r} |" for m, b, a, r in summary_rows(report)]
-    lines += ["", "## Layers", "", "| layer | op | group | kept | total |", "|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Layers",
+        "",
+        "| layer | op | group | kept | total |",
+        "|---|---|---:|---:|---:|",
+    ]
     for layer in report["layers"]:
-        lines.append(f"| `{layer['name']}` | {layer['op']} | {layer['group']} | "
-                     f"{layer['kept']} | {layer['total']} |")
+        lines.append(
+            f"| `{layer['name']}` | {layer['op']} | {layer['group']} | "
+            f"{layer['kept']} | {layer['total']} |"
+        )
     if report.get("frozen"):
         lines += ["", "## Not pruned", "", "| layers | channels | reason |", "|---|---:|---|"]
         for entry in report["frozen"]:
@@ -73,15 +98,24 @@ def print_summary(report: dict, max_layers: int = 60) -> None:
     console = Console()
     layers = Table(title="kept / total per layer", show_lines=False)
     for column in ("layer", "op", "group", "kept", "total"):
-        layers.add_column(column, justify="right" if column in ("group", "kept", "total") else "left")
+        layers.add_column(
+            column, justify="right" if column in ("group", "kept", "total") else "left"
+        )
     shown = report["layers"][:max_layers]
     for layer in shown:
         style = None if layer["prunable"] else "dim"
-        layers.add_row(layer["name"], layer["op"], str(layer["group"]), str(layer["kept"]),
-                       str(layer["total"]), style=style)
+        layers.add_row(
+            layer["name"],
+            layer["op"],
+            str(layer["group"]),
+            str(layer["kept"]),
+            str(layer["total"]),
+            style=style,
+        )
     if len(report["layers"]) > max_layers:
-        layers.add_row(f"... {len(report['layers']) - max_layers} more (see the report)", "", "",
-                       "", "")
+        layers.add_row(
+            f"... {len(report['layers']) - max_layers} more (see the report)", "", "", "", ""
+        )
     console.print(layers)
     totals = Table(title="totals")
     for column in ("metric", "before", "after", "after/before"):

@@ -1,4 +1,5 @@
-"""Stage `score`: one importance value per channel of every source in the chosen groups."""
+"""Stage `score`: one importance value per channel of every source in the chosen groups,
+and (for mean compensation) the mean of every tensor a consumer reads, in one pass."""
 
 from __future__ import annotations
 
@@ -8,8 +9,26 @@ from .analyze import Analysis
 from .graph.groups import ChannelGroup
 from .graph.rules.producers import output_major_weight
 from .importance.base import ChannelAccumulator, Importance
+from .importance.odf2nna import MomentsAccumulator
 from .io import Dataset
 from .observe import observe
+
+COMPENSATING_CONSUMERS = ("Conv", "Gemm", "MatMul")
+
+
+def consumer_inputs(analysis: Analysis, groups: list[ChannelGroup]) -> dict[str, int]:
+    """Tensor -> channel axis, for consumers reading channels that ``groups`` may remove."""
+    cg = analysis.cg
+    roots = cg.roots()
+    prunable_roots = np.concatenate([g.roots for g in groups]) if groups else np.empty(0)
+    tensors = {}
+    for node in cg.graph.nodes:
+        if node.op not in COMPENSATING_CONSUMERS:
+            continue
+        layout = cg.layout(node.inputs[0])
+        if layout is not None and np.isin(roots[layout.atoms], prunable_roots).any():
+            tensors[node.inputs[0].name] = layout.axis
+    return tensors
 
 
 def score_sources(
@@ -19,18 +38,33 @@ def score_sources(
     dataset: Dataset | None,
     batch_size: int = 64,
     device: str = "cpu",
-) -> dict[str, np.ndarray]:
-    """Source name -> per-channel scores, from one streamed pass over ``dataset``."""
+    compensate: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(source name -> per-channel scores, consumer input -> per-position means)."""
     sources = [source for group in groups for source in group.sources]
-    if not criterion.needs_activations:
-        return {s.name: criterion.weight_scores(output_major_weight(s.node)) for s in sources}
+    sinks: dict[str, tuple[int, list[ChannelAccumulator]]] = {}
     accumulators: dict[str, ChannelAccumulator] = {}
-    sinks = {}
-    for source in sources:
-        accumulator = criterion.accumulator(source.size)
-        accumulators[source.name] = accumulator
-        axis = analysis.cg.layouts[source.watched].axis
-        sinks[source.watched] = (axis, [accumulator])
-    observe(analysis.model, dataset, sinks, batch_size, device,
-            description=f"scoring {len(sources)} layers ({criterion.name})")
-    return {name: accumulator.scores() for name, accumulator in accumulators.items()}
+    if criterion.needs_activations:
+        for source in sources:
+            accumulator = criterion.accumulator(source.size)
+            accumulators[source.name] = accumulator
+            axis = analysis.cg.layouts[source.watched].axis
+            sinks.setdefault(source.watched, (axis, []))[1].append(accumulator)
+    moments: dict[str, MomentsAccumulator] = {}
+    if compensate and dataset is not None:
+        for name, axis in consumer_inputs(analysis, groups).items():
+            moments[name] = MomentsAccumulator(analysis.cg.layouts[name].size)
+            sinks.setdefault(name, (axis, []))[1].append(moments[name])
+    observe(
+        analysis.model,
+        dataset,
+        sinks,
+        batch_size,
+        device,
+        description=f"scoring {len(sources)} layers ({criterion.name})",
+    )
+    if criterion.needs_activations:
+        scores = {name: accumulator.scores() for name, accumulator in accumulators.items()}
+    else:
+        scores = {s.name: criterion.weight_scores(output_major_weight(s.node)) for s in sources}
+    return scores, {name: moment.mean for name, moment in moments.items()}

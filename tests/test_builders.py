@@ -53,7 +53,7 @@ def test_builder_checks_and_runs(name: str, keep_bn: bool, built_model: Built) -
         pytest.skip("keep_bn only applies to torch exports")
     model = built_model(name, keep_bn=keep_bn)
     outputs = B.check(model)
-    assert [o.name for o in model.graph.output] == [o.name for o in model.graph.output[:1]]
+    assert len(model.graph.output) == 1
     assert outputs[0].ndim == 2 and np.abs(outputs[0]).max() > 0
 
 

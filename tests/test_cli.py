@@ -42,16 +42,35 @@ def invoke(*args):
 
 def test_ocnna_writes_model_and_report_and_leaves_input_untouched(workdir):
     before = _sha(workdir / "model.onnx")
-    result = invoke("ocnna", workdir / "model.onnx", "--k", 40, "--data", workdir / "dvar.npz",
-                    "--eval", workdir / "test.npz", "--report", workdir / "r.json")
+    result = invoke(
+        "ocnna",
+        workdir / "model.onnx",
+        "--k",
+        40,
+        "--data",
+        workdir / "dvar.npz",
+        "--eval",
+        workdir / "test.npz",
+        "--report",
+        workdir / "r.json",
+    )
     assert result.exit_code == 0, result.output
     assert _sha(workdir / "model.onnx") == before
     out = workdir / "model.ocnna-k40.onnx"
     pruned = onnx.load(str(out))
     check(pruned)
     report = json.loads((workdir / "r.json").read_text())
-    for key in ("method", "parameters", "params_before", "params_after", "flops_before",
-                "flops_after", "layers", "accuracy_before", "accuracy_after"):
+    for key in (
+        "method",
+        "parameters",
+        "params_before",
+        "params_after",
+        "flops_before",
+        "flops_after",
+        "layers",
+        "accuracy_before",
+        "accuracy_after",
+    ):
         assert key in report
     assert report["parameters"]["k"] == 40
     assert report["params_after"] < 0.5 * report["params_before"]
@@ -66,8 +85,15 @@ def test_ocnna_writes_model_and_report_and_leaves_input_untouched(workdir):
 
 def test_same_inputs_give_byte_identical_models(workdir):
     for name in ("a.onnx", "b.onnx"):
-        result = invoke("ocnna", workdir / "model.onnx", "--data", workdir / "dvar.npz",
-                        "-o", workdir / name, "--quiet")
+        result = invoke(
+            "ocnna",
+            workdir / "model.onnx",
+            "--data",
+            workdir / "dvar.npz",
+            "-o",
+            workdir / name,
+            "--quiet",
+        )
         assert result.exit_code == 0
     assert _sha(workdir / "a.onnx") == _sha(workdir / "b.onnx")
 
@@ -100,21 +126,43 @@ def _bad_inputs(workdir: Path) -> dict[str, tuple[list, str]]:
         "k = 100": (["ocnna", model, "--data", data, "--k", 100], "[0, 100)"),
         "k < 0": (["ocnna", model, "--data", data, "--k", -1], "[0, 100)"),
         "no data": (["ocnna", model], "needs data"),
-        "output exists": (["ocnna", model, "--data", data, "-o", workdir / "exists.onnx"],
-                          "--force"),
-        "output dir missing": (["ocnna", model, "--data", data, "-o", workdir / "no/x.onnx"],
-                               "does not exist"),
-        "output is input": (["ocnna", model, "--data", data, "-o", model, "--force"],
-                            "input model"),
-        "eval without labels": (["ocnna", model, "--data", data, "--eval",
-                                 workdir / "wrong_shape.npz"], "shape"),
+        "output exists": (
+            ["ocnna", model, "--data", data, "-o", workdir / "exists.onnx"],
+            "--force",
+        ),
+        "output dir missing": (
+            ["ocnna", model, "--data", data, "-o", workdir / "no/x.onnx"],
+            "does not exist",
+        ),
+        "output is input": (
+            ["ocnna", model, "--data", data, "-o", model, "--force"],
+            "input model",
+        ),
+        "eval without labels": (
+            ["ocnna", model, "--data", data, "--eval", workdir / "wrong_shape.npz"],
+            "shape",
+        ),
     }
 
 
 CASES = [
-    "missing model", "random bytes", "text file", "truncated", "empty file", "shape mismatch",
-    "NaN data", "empty data", "no x key", "missing data", "k = 100", "k < 0", "no data",
-    "output exists", "output dir missing", "output is input", "eval without labels",
+    "missing model",
+    "random bytes",
+    "text file",
+    "truncated",
+    "empty file",
+    "shape mismatch",
+    "NaN data",
+    "empty data",
+    "no x key",
+    "missing data",
+    "k = 100",
+    "k < 0",
+    "no data",
+    "output exists",
+    "output dir missing",
+    "output is input",
+    "eval without labels",
 ]
 
 
@@ -146,8 +194,11 @@ def test_model_without_prunable_layer_is_refused(workdir):
 
     node = helper.make_node("Relu", ["input"], ["output"])
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4])])
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4])],
+    )
     onnx.save(helper.make_model(graph), str(workdir / "relu.onnx"))
     np.savez(workdir / "x.npz", x=np.ones((3, 4), np.float32))
     result = invoke("ocnna", workdir / "relu.onnx", "--data", workdir / "x.npz")

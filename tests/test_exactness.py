@@ -12,9 +12,22 @@ from onnxprune.pipeline import apply_masks
 from onnxprune.verify import verify
 
 TOPOLOGIES = [
-    "vgg_like", "resnet_basic", "resnet_bottleneck", "mobilenet_v2_like", "densenet_like",
-    "se_net", "inception_like", "squeezenet_fire", "flatten_gemm_head", "gap_gemm_head",
-    "reshape_head", "efficient_se", "mlp", "conv1d_net", "nhwc_style", "old_zoo_style",
+    "vgg_like",
+    "resnet_basic",
+    "resnet_bottleneck",
+    "mobilenet_v2_like",
+    "densenet_like",
+    "se_net",
+    "inception_like",
+    "squeezenet_fire",
+    "flatten_gemm_head",
+    "gap_gemm_head",
+    "reshape_head",
+    "efficient_se",
+    "mlp",
+    "conv1d_net",
+    "nhwc_style",
+    "old_zoo_style",
 ]
 
 

@@ -7,7 +7,9 @@ a dynamic batch axis.
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 import warnings
 
 import numpy as np
@@ -86,7 +88,11 @@ def one_node(
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # old-opset cases make onnxruntime chatty
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, feeds)
 
 
@@ -170,59 +176,103 @@ def _const_node(name: str, value: np.ndarray) -> onnx.NodeProto:
 
 OP_CASES = {
     "conv1d_asymmetric_pads": lambda: one_node(
-        "Conv", ["x", "w", "b"], {"x": f32(2, 3, 10)},
-        {"w": f32(4, 3, 3, seed=1), "b": f32(4, seed=2)}, pads=[1, 2],
+        "Conv",
+        ["x", "w", "b"],
+        {"x": f32(2, 3, 10)},
+        {"w": f32(4, 3, 3, seed=1), "b": f32(4, seed=2)},
+        pads=[1, 2],
     ),
     "conv2d_groups_dilation_stride": lambda: one_node(
-        "Conv", ["x", "w"], {"x": f32(2, 4, 11, 9)}, {"w": f32(6, 2, 3, 3, seed=1)},
-        group=2, dilations=[2, 1], strides=[2, 1], pads=[1, 1, 1, 1],
+        "Conv",
+        ["x", "w"],
+        {"x": f32(2, 4, 11, 9)},
+        {"w": f32(6, 2, 3, 3, seed=1)},
+        group=2,
+        dilations=[2, 1],
+        strides=[2, 1],
+        pads=[1, 1, 1, 1],
     ),
     "conv2d_asymmetric_pads": lambda: one_node(
-        "Conv", ["x", "w", "b"], {"x": f32(2, 3, 8, 8)},
-        {"w": f32(5, 3, 3, 3, seed=1), "b": f32(5, seed=2)}, pads=[0, 1, 2, 1],
+        "Conv",
+        ["x", "w", "b"],
+        {"x": f32(2, 3, 8, 8)},
+        {"w": f32(5, 3, 3, 3, seed=1), "b": f32(5, seed=2)},
+        pads=[0, 1, 2, 1],
     ),
     "conv2d_same_upper": lambda: one_node(
-        "Conv", ["x", "w"], {"x": f32(2, 3, 9, 8)}, {"w": f32(4, 3, 4, 3, seed=1)},
-        auto_pad="SAME_UPPER", strides=[2, 2],
+        "Conv",
+        ["x", "w"],
+        {"x": f32(2, 3, 9, 8)},
+        {"w": f32(4, 3, 4, 3, seed=1)},
+        auto_pad="SAME_UPPER",
+        strides=[2, 2],
     ),
     "conv2d_same_lower": lambda: one_node(
-        "Conv", ["x", "w"], {"x": f32(2, 3, 9, 8)}, {"w": f32(4, 3, 4, 4, seed=1)},
+        "Conv",
+        ["x", "w"],
+        {"x": f32(2, 3, 9, 8)},
+        {"w": f32(4, 3, 4, 4, seed=1)},
         auto_pad="SAME_LOWER",
     ),
     "conv2d_valid": lambda: one_node(
-        "Conv", ["x", "w"], {"x": f32(2, 3, 7, 7)}, {"w": f32(4, 3, 3, 3, seed=1)},
-        auto_pad="VALID", strides=[2, 2],
+        "Conv",
+        ["x", "w"],
+        {"x": f32(2, 3, 7, 7)},
+        {"w": f32(4, 3, 3, 3, seed=1)},
+        auto_pad="VALID",
+        strides=[2, 2],
     ),
     "conv_transpose2d": lambda: one_node(
-        "ConvTranspose", ["x", "w", "b"], {"x": f32(2, 4, 5, 5)},
+        "ConvTranspose",
+        ["x", "w", "b"],
+        {"x": f32(2, 4, 5, 5)},
         {"w": f32(4, 3, 3, 3, seed=1), "b": f32(3, seed=2)},
-        strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1],
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+        output_padding=[1, 1],
     ),
     "conv_transpose2d_asymmetric_grouped": lambda: one_node(
-        "ConvTranspose", ["x", "w"], {"x": f32(2, 4, 5, 5)}, {"w": f32(4, 2, 3, 3, seed=1)},
-        strides=[2, 2], pads=[0, 1, 1, 0], group=2,
+        "ConvTranspose",
+        ["x", "w"],
+        {"x": f32(2, 4, 5, 5)},
+        {"w": f32(4, 2, 3, 3, seed=1)},
+        strides=[2, 2],
+        pads=[0, 1, 1, 0],
+        group=2,
     ),
     "gemm_transA_alpha_beta": lambda: one_node(
-        "Gemm", ["a", "b", "c"], {"a": f32(6, 3)}, {"b": f32(6, 4, seed=1), "c": f32(1, 4)},
-        transA=1, alpha=0.5, beta=2.0,
+        "Gemm",
+        ["a", "b", "c"],
+        {"a": f32(6, 3)},
+        {"b": f32(6, 4, seed=1), "c": f32(1, 4)},
+        transA=1,
+        alpha=0.5,
+        beta=2.0,
     ),
     "gemm_transB_no_bias": lambda: one_node(
-        "Gemm", ["a", "b"], {"a": f32(3, 6)}, {"b": f32(4, 6, seed=1)}, transB=1,
+        "Gemm",
+        ["a", "b"],
+        {"a": f32(3, 6)},
+        {"b": f32(4, 6, seed=1)},
+        transB=1,
     ),
     "matmul_3d": lambda: one_node(
-        "MatMul", ["x", "w"], {"x": f32(2, 5, 6)}, {"w": f32(6, 3, seed=1)},
+        "MatMul",
+        ["x", "w"],
+        {"x": f32(2, 5, 6)},
+        {"w": f32(6, 3, seed=1)},
     ),
     "matmul_runtime": lambda: one_node(
-        "MatMul", ["x", "z"], {"x": f32(2, 5, 6), "z": f32(2, 6, 3, seed=1)},
+        "MatMul",
+        ["x", "z"],
+        {"x": f32(2, 5, 6), "z": f32(2, 6, 3, seed=1)},
     ),
     "add_broadcast": lambda: one_node("Add", ["x", "c"], {"x": f32(2, 3, 4)}, {"c": f32(3, 1)}),
     "sub_runtime": lambda: one_node("Sub", ["x", "z"], {"x": f32(2, 3), "z": f32(2, 3, seed=1)}),
     "mul_scalar": lambda: one_node(
         "Mul", ["x", "c"], {"x": f32(2, 3)}, {"c": np.array(1.5, np.float32)}
     ),
-    "div": lambda: one_node(
-        "Div", ["x", "c"], {"x": f32(2, 3)}, {"c": f32(3, low=0.5, high=2.0)}
-    ),
+    "div": lambda: one_node("Div", ["x", "c"], {"x": f32(2, 3)}, {"c": f32(3, low=0.5, high=2.0)}),
     "div_integer_truncates": lambda: one_node(
         "Div", ["x", "c"], {"x": i64(-7, 7, 9).reshape(3, 1)}, {"c": i64(2)}
     ),
@@ -250,11 +300,15 @@ OP_CASES = {
         "Gelu", ["x"], {"x": f32(2, 3, low=-3, high=3)}, opset=20, approximate="tanh"
     ),
     "clip_inputs": lambda: one_node(
-        "Clip", ["x", "lo", "hi"], {"x": f32(2, 5, low=-9, high=9)},
+        "Clip",
+        ["x", "lo", "hi"],
+        {"x": f32(2, 5, low=-9, high=9)},
         {"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)},
     ),
     "clip_max_only": lambda: one_node(
-        "Clip", ["x", "", "hi"], {"x": f32(2, 5, low=-9, high=9)},
+        "Clip",
+        ["x", "", "hi"],
+        {"x": f32(2, 5, low=-9, high=9)},
         {"hi": np.array(1.0, np.float32)},
     ),
     "clip_attributes_opset6": lambda: one_node(
@@ -266,43 +320,82 @@ OP_CASES = {
     ),
     "logsoftmax": lambda: one_node("LogSoftmax", ["x"], {"x": f32(2, 7)}),
     "batchnorm_eval": lambda: one_node(
-        "BatchNormalization", ["x", "s", "bb", "m", "v"], {"x": f32(2, 3, 4, 4)},
-        _bn_consts(3), epsilon=1e-3,
+        "BatchNormalization",
+        ["x", "s", "bb", "m", "v"],
+        {"x": f32(2, 3, 4, 4)},
+        _bn_consts(3),
+        epsilon=1e-3,
     ),
     "instancenorm": lambda: one_node(
-        "InstanceNormalization", ["x", "s", "b"], {"x": f32(2, 3, 4, 5)},
+        "InstanceNormalization",
+        ["x", "s", "b"],
+        {"x": f32(2, 3, 4, 5)},
         {"s": f32(3, seed=1), "b": f32(3, seed=2)},
     ),
     "maxpool_ceil_dilated": lambda: one_node(
-        "MaxPool", ["x"], {"x": f32(2, 3, 9, 9)}, kernel_shape=[3, 3], strides=[2, 2],
-        dilations=[2, 1], ceil_mode=1,
+        "MaxPool",
+        ["x"],
+        {"x": f32(2, 3, 9, 9)},
+        kernel_shape=[3, 3],
+        strides=[2, 2],
+        dilations=[2, 1],
+        ceil_mode=1,
     ),
     "maxpool_asymmetric_pads": lambda: one_node(
-        "MaxPool", ["x"], {"x": f32(2, 3, 8, 8)}, kernel_shape=[3, 3], strides=[2, 2],
+        "MaxPool",
+        ["x"],
+        {"x": f32(2, 3, 8, 8)},
+        kernel_shape=[3, 3],
+        strides=[2, 2],
         pads=[0, 1, 1, 0],
     ),
     "maxpool_same_upper": lambda: one_node(
-        "MaxPool", ["x"], {"x": f32(2, 3, 7, 8)}, kernel_shape=[3, 3], strides=[2, 2],
+        "MaxPool",
+        ["x"],
+        {"x": f32(2, 3, 7, 8)},
+        kernel_shape=[3, 3],
+        strides=[2, 2],
         auto_pad="SAME_UPPER",
     ),
     "avgpool_exclude_pad": lambda: one_node(
-        "AveragePool", ["x"], {"x": f32(2, 3, 8, 8)}, kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+        "AveragePool",
+        ["x"],
+        {"x": f32(2, 3, 8, 8)},
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
     ),
     "avgpool_include_pad": lambda: one_node(
-        "AveragePool", ["x"], {"x": f32(2, 3, 8, 8)}, kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+        "AveragePool",
+        ["x"],
+        {"x": f32(2, 3, 8, 8)},
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
         count_include_pad=1,
     ),
     "avgpool_ceil_mode": lambda: one_node(
-        "AveragePool", ["x"], {"x": f32(2, 3, 9, 9)}, kernel_shape=[2, 2], strides=[2, 2],
+        "AveragePool",
+        ["x"],
+        {"x": f32(2, 3, 9, 9)},
+        kernel_shape=[2, 2],
+        strides=[2, 2],
         ceil_mode=1,
     ),
     "avgpool_asymmetric_exclude_pad": lambda: one_node(
-        "AveragePool", ["x"], {"x": f32(2, 3, 8, 8)}, kernel_shape=[3, 3], strides=[2, 2],
+        "AveragePool",
+        ["x"],
+        {"x": f32(2, 3, 8, 8)},
+        kernel_shape=[3, 3],
+        strides=[2, 2],
         pads=[0, 1, 1, 0],
     ),
     "avgpool_asymmetric_include_pad": lambda: one_node(
-        "AveragePool", ["x"], {"x": f32(2, 3, 8, 8)}, kernel_shape=[3, 3], strides=[2, 2],
-        pads=[0, 1, 1, 0], count_include_pad=1,
+        "AveragePool",
+        ["x"],
+        {"x": f32(2, 3, 8, 8)},
+        kernel_shape=[3, 3],
+        strides=[2, 2],
+        pads=[0, 1, 1, 0],
+        count_include_pad=1,
     ),
     "global_average_pool": lambda: one_node("GlobalAveragePool", ["x"], {"x": f32(2, 3, 4, 5)}),
     "global_max_pool": lambda: one_node("GlobalMaxPool", ["x"], {"x": f32(2, 3, 4, 5)}),
@@ -330,8 +423,11 @@ OP_CASES = {
         "Unsqueeze", ["x"], {"x": f32(2, 3)}, opset=11, axes=[0, 3]
     ),
     "concat": lambda: one_node(
-        "Concat", ["x", "z", "c"], {"x": f32(2, 3), "z": f32(2, 2, seed=1)},
-        {"c": f32(2, 1, seed=2)}, axis=-1,
+        "Concat",
+        ["x", "z", "c"],
+        {"x": f32(2, 3), "z": f32(2, 2, seed=1)},
+        {"c": f32(2, 1, seed=2)},
+        axis=-1,
     ),
     "split_sizes_input": lambda: one_node(
         "Split", ["x", "s"], {"x": f32(2, 6)}, {"s": i64(1, 2, 3)}, n_outputs=3, axis=1
@@ -344,14 +440,19 @@ OP_CASES = {
         "Split", ["x"], {"x": f32(2, 7)}, opset=18, n_outputs=3, axis=1, num_outputs=3
     ),
     "slice_steps_and_negatives": lambda: one_node(
-        "Slice", ["x", "st", "en", "ax", "sp"], {"x": f32(2, 8, 6)},
+        "Slice",
+        ["x", "st", "en", "ax", "sp"],
+        {"x": f32(2, 8, 6)},
         {"st": i64(-1, 1), "en": i64(-100, 10**9), "ax": i64(1, -1), "sp": i64(-2, 2)},
     ),
     "slice_attributes_opset9": lambda: one_node(
         "Slice", ["x"], {"x": f32(2, 8, 6)}, opset=9, starts=[1, 0], ends=[-1, 3], axes=[1, 2]
     ),
     "gather_2d_negative_indices": lambda: one_node(
-        "Gather", ["x", "i"], {"x": f32(2, 5, 3)}, {"i": np.array([[0, -1], [2, 1]], np.int64)},
+        "Gather",
+        ["x", "i"],
+        {"x": f32(2, 5, 3)},
+        {"i": np.array([[0, -1], [2, 1]], np.int64)},
         axis=1,
     ),
     "gather_scalar": lambda: one_node(
@@ -362,45 +463,81 @@ OP_CASES = {
         "Cast", ["x"], {"x": f32(2, 3, low=-9, high=9)}, to=TensorProto.INT64
     ),
     "pad_constant_inputs": lambda: one_node(
-        "Pad", ["x", "p", "v"], {"x": f32(2, 3, 4)},
+        "Pad",
+        ["x", "p", "v"],
+        {"x": f32(2, 3, 4)},
         {"p": i64(0, 1, 2, 0, 0, 1), "v": np.array(0.5, np.float32)},
     ),
     "pad_reflect": lambda: one_node(
-        "Pad", ["x", "p"], {"x": f32(2, 3, 5, 5)}, {"p": i64(0, 0, 1, 2, 0, 0, 2, 1)},
+        "Pad",
+        ["x", "p"],
+        {"x": f32(2, 3, 5, 5)},
+        {"p": i64(0, 0, 1, 2, 0, 0, 2, 1)},
         mode="reflect",
     ),
     "pad_edge_axes_opset18": lambda: one_node(
-        "Pad", ["x", "p", "", "a"], {"x": f32(2, 3, 5, 5)}, {"p": i64(1, 2, 0, 1), "a": i64(2, 3)},
-        opset=18, mode="edge",
+        "Pad",
+        ["x", "p", "", "a"],
+        {"x": f32(2, 3, 5, 5)},
+        {"p": i64(1, 2, 0, 1), "a": i64(2, 3)},
+        opset=18,
+        mode="edge",
     ),
     "pad_attributes_opset2": lambda: one_node(
         "Pad", ["x"], {"x": f32(2, 3, 4)}, opset=2, pads=[0, 0, 1, 0, 0, 2], value=-1.0
     ),
     "resize_nearest_asymmetric_floor": lambda: one_node(
-        "Resize", ["x", "", "sc"], {"x": f32(2, 3, 4, 5)},
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(2, 3, 4, 5)},
         {"sc": np.array([1, 1, 2, 3], np.float32)},
-        mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
     ),
     "resize_nearest_half_pixel_integer_scale": lambda: one_node(
-        "Resize", ["x", "", "sc"], {"x": f32(2, 3, 4, 5)},
-        {"sc": np.array([1, 1, 2, 2], np.float32)}, mode="nearest",
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(2, 3, 4, 5)},
+        {"sc": np.array([1, 1, 2, 2], np.float32)},
+        mode="nearest",
+    ),
+    "resize_nearest_half_pixel_round_prefer_ceil": lambda: one_node(
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(2, 3, 4, 5)},
+        {"sc": np.array([1, 1, 3, 2], np.float32)},
+        mode="nearest",
+        nearest_mode="round_prefer_ceil",
     ),
     "resize_linear_half_pixel_sizes": lambda: one_node(
-        "Resize", ["x", "", "", "sz"], {"x": f32(2, 3, 4, 5)}, {"sz": i64(2, 3, 7, 9)},
+        "Resize",
+        ["x", "", "", "sz"],
+        {"x": f32(2, 3, 4, 5)},
+        {"sz": i64(2, 3, 7, 9)},
         mode="linear",
     ),
     "resize_linear_align_corners": lambda: one_node(
-        "Resize", ["x", "", "sc"], {"x": f32(2, 3, 4, 5)},
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(2, 3, 4, 5)},
         {"sc": np.array([1, 1, 2, 2], np.float32)},
-        mode="linear", coordinate_transformation_mode="align_corners",
+        mode="linear",
+        coordinate_transformation_mode="align_corners",
     ),
     "resize_cubic": lambda: one_node(
-        "Resize", ["x", "", "sc"], {"x": f32(2, 3, 4, 5)},
-        {"sc": np.array([1, 1, 2, 2], np.float32)}, mode="cubic",
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(2, 3, 4, 5)},
+        {"sc": np.array([1, 1, 2, 2], np.float32)},
+        mode="cubic",
     ),
     "upsample_nearest_opset9": lambda: one_node(
-        "Upsample", ["x", "sc"], {"x": f32(2, 3, 4, 5)},
-        {"sc": np.array([1, 1, 2, 2], np.float32)}, opset=9,
+        "Upsample",
+        ["x", "sc"],
+        {"x": f32(2, 3, 4, 5)},
+        {"sc": np.array([1, 1, 2, 2], np.float32)},
+        opset=9,
     ),
     "reduce_mean_attribute_axes": lambda: one_node(
         "ReduceMean", ["x"], {"x": f32(2, 3, 4)}, axes=[1, -1], keepdims=0
@@ -431,7 +568,9 @@ OP_CASES = {
             [
                 helper.make_node("Shape", ["x"], ["s"]),
                 helper.make_node(
-                    "ConstantOfShape", ["s"], ["y"],
+                    "ConstantOfShape",
+                    ["s"],
+                    ["y"],
                     value=numpy_helper.from_array(np.array([2.5], np.float32)),
                 ),
             ],
@@ -460,13 +599,41 @@ def test_single_op_matches_onnxruntime(case: str) -> None:
     assert_matches_ort(model, feeds)
 
 
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_single_op_exports_back(case: str) -> None:
+    """Every supported op survives torch -> ONNX with the original names and results."""
+    model, feeds = OP_CASES[case]()
+    module = onnx_to_torch(model)
+    opset = model.opset_import[0].version
+    examples = tuple(torch.from_numpy(value) for value in feeds.values())
+    out = export_onnx(module, examples, module.input_names, module.output_names, opset, None)
+    assert [v.name for v in out.graph.input] == module.input_names
+    for want, got in zip(run_ort(model, feeds), run_ort(out, feeds)):
+        np.testing.assert_allclose(got, want, **TOL)
+
+
 def test_every_registered_op_has_a_case() -> None:
     """The registry and the op-level cases grow together."""
     covered = set()
     for build in OP_CASES.values():
         covered |= op_types(build()[0])
-    untested = set(HANDLERS) - covered - {"Exp", "Log", "Abs", "Reciprocal", "Floor", "Ceil",
-                                          "Not", "Greater", "Less", "Mean", "ReduceMax"}
+    untested = (
+        set(HANDLERS)
+        - covered
+        - {
+            "Exp",
+            "Log",
+            "Abs",
+            "Reciprocal",
+            "Floor",
+            "Ceil",
+            "Not",
+            "Greater",
+            "Less",
+            "Mean",
+            "ReduceMax",
+        }
+    )
     assert not untested
     assert "Constant" in supported_ops()
 
@@ -512,8 +679,9 @@ class Residual(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                    nn.Conv2d(8, 8, 3, padding=1))
+        self.branch = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+        )
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -590,14 +758,19 @@ def keras_dense_head() -> onnx.ModelProto:
         helper.make_node("Add", ["h4", "b2"], ["h5"], name="dense_1/BiasAdd"),
         helper.make_node("Softmax", ["h5"], ["probs"], name="dense_1/Softmax", axis=-1),
     ]
-    consts = {"w1": f32(20, 16, seed=1), "b1": f32(16, seed=2), "w2": f32(16, 4, seed=3),
-              "b2": f32(4, seed=4)}
+    consts = {
+        "w1": f32(20, 16, seed=1),
+        "b1": f32(16, seed=2),
+        "w2": f32(16, 4, seed=3),
+        "b2": f32(4, seed=4),
+    }
     return graph_model(nodes, {"x": f32(1, 20)}, consts, outputs=("probs",), opset=13)
 
 
 def gemm_trans_b0() -> onnx.ModelProto:
-    nodes = [helper.make_node("Gemm", ["a", "w", "c"], ["y"], name="fc", alpha=0.7, beta=1.3,
-                              transB=0)]
+    nodes = [
+        helper.make_node("Gemm", ["a", "w", "c"], ["y"], name="fc", alpha=0.7, beta=1.3, transB=0)
+    ]
     consts = {"w": f32(6, 3, seed=1), "c": f32(3, seed=2)}
     return graph_model(nodes, {"a": f32(1, 6)}, consts)
 
@@ -606,17 +779,27 @@ def opset9_graph() -> onnx.ModelProto:
     """An old-style graph: opset 9, weights also listed as graph inputs."""
     nodes = [
         helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["n"], name="bn",
-                         epsilon=1e-3, momentum=0.99),
+        helper.make_node(
+            "BatchNormalization",
+            ["c", "s", "bb", "m", "v"],
+            ["n"],
+            name="bn",
+            epsilon=1e-3,
+            momentum=0.99,
+        ),
         helper.make_node("Relu", ["n"], ["r"], name="relu"),
         helper.make_node("Sum", ["r", "c"], ["t"], name="sum"),
         helper.make_node("Flatten", ["t"], ["f"], name="flatten", axis=1),
         helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], name="fc", transB=1),
     ]
-    consts = {"cw": f32(4, 3, 3, 3, seed=1), "cb": f32(4, seed=2), **_bn_consts(4),
-              "gw": f32(5, 4 * 5 * 5, seed=7), "gb": f32(5, seed=8)}
-    return graph_model(nodes, {"x": f32(1, 3, 5, 5)}, consts, opset=9,
-                       initializers_as_inputs=True)
+    consts = {
+        "cw": f32(4, 3, 3, 3, seed=1),
+        "cb": f32(4, seed=2),
+        **_bn_consts(4),
+        "gw": f32(5, 4 * 5 * 5, seed=7),
+        "gb": f32(5, seed=8),
+    }
+    return graph_model(nodes, {"x": f32(1, 3, 5, 5)}, consts, opset=9, initializers_as_inputs=True)
 
 
 IMAGE = (3, 8, 8)
@@ -689,6 +872,19 @@ def test_parameters_map_back_to_initializers() -> None:
     assert all("." in q and "/" not in q for q in names)  # owned by named submodules
 
 
+def test_multiple_outputs_including_a_constant() -> None:
+    """Several outputs come back as a tuple in graph order, constant ones included."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["act"]),
+        _const_node("version", np.array([3], np.int64)),
+        helper.make_node("Split", ["act"], ["a", "b"], axis=1),
+    ]
+    model = graph_model(nodes, {"x": f32(2, 4)}, outputs=("b", "version", "a"))
+    module = assert_matches_at_batches(model, (4,))
+    assert module.output_names == ["b", "version", "a"]
+    assert isinstance(module(torch.zeros(1, 4)), tuple)
+
+
 def test_shared_initializer_stays_one_parameter() -> None:
     nodes = [
         helper.make_node("Identity", ["w"], ["w_alias"], name="tie"),
@@ -714,9 +910,14 @@ def test_activation_constants_stay_fixed() -> None:
         helper.make_node("Mul", ["hb", "e1"], ["m"]),
         helper.make_node("Mul", ["m", "half"], ["y"]),
     ]
-    consts = {"mean": f32(3), "w": f32(3, 5, seed=1), "b": np.array([0.1], np.float32),
-              "sqrt2": np.array(1.4142135, np.float32), "one": np.array(1.0, np.float32),
-              "half": np.array(0.5, np.float32)}
+    consts = {
+        "mean": f32(3),
+        "w": f32(3, 5, seed=1),
+        "b": np.array([0.1], np.float32),
+        "sqrt2": np.array(1.4142135, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
     module = assert_matches_at_batches(graph_model(nodes, {"x": f32(2, 3)}, consts), (3,))
     assert sorted(module.initializer_names.values()) == ["b", "w"]
 
@@ -759,8 +960,12 @@ def test_batchnorm_running_stats_update_only_in_train_mode() -> None:
 
 
 def test_dropout_is_active_only_in_train_mode() -> None:
-    model, feeds = one_node("Dropout", ["x", "r"], {"x": np.ones((4, 100), np.float32)},
-                            {"r": np.array(0.5, np.float32)})
+    model, feeds = one_node(
+        "Dropout",
+        ["x", "r"],
+        {"x": np.ones((4, 100), np.float32)},
+        {"r": np.array(0.5, np.float32)},
+    )
     module = onnx_to_torch(model)
     x = torch.ones(4, 100)
     assert torch.equal(module.eval()(x), x)
@@ -820,8 +1025,9 @@ def test_export_round_trip_keeps_softmax_and_restores_state() -> None:
     out = export_onnx(module, (torch.randn(2, 20),), ["x"], ["probs"], 13, None)
     assert module.training and module.return_logits  # caller's state restored
     assert "Softmax" in op_types(out)
-    np.testing.assert_allclose(run_ort(out, {"x": f32(4, 20)})[0],
-                               run_ort(model, {"x": f32(4, 20)})[0], **TOL)
+    np.testing.assert_allclose(
+        run_ort(out, {"x": f32(4, 20)})[0], run_ort(model, {"x": f32(4, 20)})[0], **TOL
+    )
 
 
 def test_export_round_trip_old_opset_and_file(tmp_path) -> None:
@@ -857,10 +1063,41 @@ def test_custom_domain_op_is_unsupported() -> None:
         onnx_to_torch(model)
 
 
+def test_module_copies_pickles_and_reloads_state() -> None:
+    """Trainers keep best weights by deepcopy/state_dict; both must work."""
+    model, shape = exported("conv_bn_pool_dense")
+    module = onnx_to_torch(model)
+    clone = copy.deepcopy(module)
+    pickle.loads(pickle.dumps(module))
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(1.0)
+    clone.load_state_dict(module.state_dict())
+    x = torch.randn(2, *shape)
+    torch.testing.assert_close(clone(x), module(x))
+
+
+def test_half_pixel_nearest_with_fractional_scale_is_unsupported() -> None:
+    model, _ = one_node(
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(1, 3, 4, 4)},
+        {"sc": np.array([1, 1, 1.5, 1.5], np.float32)},
+        mode="nearest",
+    )
+    with pytest.raises(ModelError, match="non-integer scales"):
+        onnx_to_torch(model)
+
+
 def test_unsupported_variant_is_a_model_error() -> None:
-    model, _ = one_node("Resize", ["x", "", "sc"], {"x": f32(1, 3, 4, 4)},
-                        {"sc": np.array([1, 1, 2, 2], np.float32)}, mode="linear",
-                        coordinate_transformation_mode="asymmetric")
+    model, _ = one_node(
+        "Resize",
+        ["x", "", "sc"],
+        {"x": f32(1, 3, 4, 4)},
+        {"sc": np.array([1, 1, 2, 2], np.float32)},
+        mode="linear",
+        coordinate_transformation_mode="asymmetric",
+    )
     with pytest.raises(ModelError, match="op type Resize .*asymmetric"):
         onnx_to_torch(model)
 

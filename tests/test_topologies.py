@@ -109,9 +109,10 @@ def test_every_topology_prunes_to_a_valid_model(name, k):
     assert [i.name for i in pruned.graph.input] == [
         i.name for i in model.graph.input if i.name not in weights
     ]
-    assert outputs[0].shape[1:] == tuple(
-        d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim
-    )[1:]
+    assert (
+        outputs[0].shape[1:]
+        == tuple(d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim)[1:]
+    )
     for layer in report["layers"]:
         if layer["prunable"]:
             expected_drop = min(int(np.floor(k * layer["total"] / 100 + 1e-9)), layer["total"] - 1)

@@ -96,7 +96,8 @@ def _bypass_identities(graph: onnx.GraphProto) -> None:
     alias = {
         node.output[0]: node.input[0]
         for node in graph.node
-        if node.op_type == "Identity" and node.domain in DEFAULT_DOMAINS
+        if node.op_type == "Identity"
+        and node.domain in DEFAULT_DOMAINS
         and node.output[0] not in outputs
     }
     if not alias:
@@ -107,8 +108,9 @@ def _bypass_identities(graph: onnx.GraphProto) -> None:
             name = alias[name]
         return name
 
-    kept = [node for node in graph.node
-            if node.op_type != "Identity" or node.output[0] not in alias]
+    kept = [
+        node for node in graph.node if node.op_type != "Identity" or node.output[0] not in alias
+    ]
     for node in kept:
         for index, name in enumerate(node.input):
             node.input[index] = resolve(name)
@@ -306,8 +308,11 @@ class OpModule(nn.Module):
             elif not view.is_const(index):
                 self._slots.append(("runtime", None))
             elif index in params and np.issubdtype(view.const(index).dtype, np.floating):
-                setattr(self, params[index], view.graph.parameter(name))
-                self._slots.append(("const", params[index]))
+                attr = (
+                    params[index] if not hasattr(self, params[index]) else f"{params[index]}{index}"
+                )
+                setattr(self, attr, view.graph.parameter(name))
+                self._slots.append(("const", attr))
             else:
                 attr = f"const{index}"
                 self.register_buffer(attr, _to_tensor(view.const(index)), persistent=False)
@@ -377,7 +382,7 @@ class BatchNorm(nn.BatchNorm1d):
     the running ones, which is what the ONNX inference node computes.
     """
 
-    def _check_input_dim(self, input: Tensor) -> None:  # noqa: A002 - torch's signature
+    def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"BatchNorm expects (N, C, *) input, got {input.dim()}-D")
 
@@ -431,8 +436,10 @@ class Window:
     auto_pad: str
 
     @classmethod
-    def of(cls, view: NodeView, kernel: Sequence[int]) -> Window:
+    def of(cls, view: NodeView, kernel: Sequence[int] | None) -> Window:
         """Read strides/dilations/pads/auto_pad with ONNX defaults for ``len(kernel)`` dims."""
+        if not kernel or len(kernel) > 3:
+            raise view.unsupported("missing kernel_shape or more than 3 spatial dims")
         n = len(kernel)
         auto_pad = view.attr("auto_pad", "NOTSET")
         if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
@@ -533,8 +540,7 @@ class ConvTranspose(OpModule):
         begins, ends = w.resolve(x)
         padding = begins if begins == ends else [0] * n
         conv = _CONV_T[n]
-        y = conv(x, weight, bias, w.strides, padding, self.output_padding, self.groups,
-                 w.dilations)
+        y = conv(x, weight, bias, w.strides, padding, self.output_padding, self.groups, w.dilations)
         if begins == ends:
             return y
         index = [slice(None), slice(None)]
@@ -605,9 +611,8 @@ def _batch_norm(view: NodeView) -> nn.Module:
     bn = BatchNorm(channels, eps=float(view.attr("epsilon", 1e-5)), momentum=momentum)
     bn.weight = view.graph.parameter(scale)
     bn.bias = view.graph.parameter(bias)
-    with torch.no_grad():
-        bn.running_mean = _to_tensor(view.const(3)).to(bn.weight.dtype).reshape(-1)
-        bn.running_var = _to_tensor(view.const(4)).to(bn.weight.dtype).reshape(-1)
+    bn.running_mean = _to_tensor(view.const(3)).to(bn.weight.dtype).reshape(-1)
+    bn.running_var = _to_tensor(view.const(4)).to(bn.weight.dtype).reshape(-1)
     view.graph.track(bn.running_mean, mean)
     view.graph.track(bn.running_var, var)
     return bn
@@ -712,8 +717,9 @@ def _prelu_handler(view: NodeView) -> nn.Module:
     return Fn(view, _prelu, params={1: "weight"})
 
 
-def _clip(x: Tensor, low: Tensor | float | None = None,
-          high: Tensor | float | None = None) -> Tensor:
+def _clip(
+    x: Tensor, low: Tensor | float | None = None, high: Tensor | float | None = None
+) -> Tensor:
     if low is None and high is None:
         return x
     return torch.clamp(x, low, high)
@@ -771,8 +777,6 @@ def _binary(view: NodeView) -> nn.Module:
     params = {}
     if name is not None:
         params = {i: name for i in (0, 1) if view.is_const(i) and _is_learned_operand(view, i)}
-    if len(params) == 2:
-        params = {1: params[1]}
     return Fn(view, BINARY[view.op_type], params=params)
 
 
@@ -1006,7 +1010,9 @@ class Squeeze(AxesOp):
         axes = self.resolve_axes((x, *rest))
         if not axes:
             return torch.squeeze(x)
-        return torch.squeeze(x, dim=tuple(_normalize_axis(a, x.dim()) for a in axes))
+        for axis in sorted((_normalize_axis(a, x.dim()) for a in axes), reverse=True):
+            x = torch.squeeze(x, axis)  # one axis at a time: exportable at every opset
+        return x
 
 
 class Unsqueeze(AxesOp):
@@ -1074,12 +1080,18 @@ class Slice(OpModule):
 
     def __init__(self, view: NodeView) -> None:
         if view.opset < 10:
-            lists = {"starts": view.attr("starts"), "ends": view.attr("ends"),
-                     "axes": view.attr("axes"), "steps": None}
+            lists = {
+                "starts": view.attr("starts"),
+                "ends": view.attr("ends"),
+                "axes": view.attr("axes"),
+                "steps": None,
+            }
             baked: tuple[int, ...] = ()
         else:
-            lists = {key: view.const_list(i) for i, key in enumerate(
-                ("starts", "ends", "axes", "steps"), start=1)}
+            lists = {
+                key: view.const_list(i)
+                for i, key in enumerate(("starts", "ends", "axes", "steps"), start=1)
+            }
             baked = tuple(i for i in (1, 2, 3, 4) if view.is_const(i))
         super().__init__(view, baked=baked)
         self.lists = {key: (list(v) if v is not None else None) for key, v in lists.items()}
@@ -1159,8 +1171,8 @@ class ConstantOfShape(OpModule):
         self.register_buffer("fill", _to_tensor(array.reshape(-1)[:1]), persistent=False)
 
     def compute(self, shape: Tensor) -> Tensor:
-        return torch.full(shape.tolist(), self.fill.item(), dtype=self.fill.dtype,
-                          device=self.fill.device)
+        dims = list(shape.to(torch.int64).unbind(0))  # 0-d tensors: traced, not baked
+        return torch.full(dims, self.fill.item(), dtype=self.fill.dtype, device=self.fill.device)
 
 
 @handles("ConstantOfShape")
@@ -1168,8 +1180,7 @@ def _constant_of_shape(view: NodeView) -> nn.Module:
     return ConstantOfShape(view)
 
 
-PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate",
-             "wrap": "circular"}
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
 class Pad(OpModule):
@@ -1190,15 +1201,21 @@ class Pad(OpModule):
         self.value = view.const_list(2)[0] if view.is_const(2) else None
         self.axes = view.const_list(3)
 
-    def compute(self, x: Tensor, pads: Tensor | None = None, value: Tensor | None = None,
-                axes: Tensor | None = None) -> Tensor:
+    def compute(
+        self,
+        x: Tensor,
+        pads: Tensor | None = None,
+        value: Tensor | None = None,
+        axes: Tensor | None = None,
+    ) -> Tensor:
         pad_list = _runtime_list(pads, self.pads)
         axes_list = _runtime_list(axes, self.axes)
         torch_pads = _torch_pad_list(x.dim(), pad_list, axes_list or range(x.dim()))
         if self.mode != "constant":
             return F.pad(x, torch_pads, mode=self.mode)
-        fill = self.value if self.value is not None else (
-            value.item() if value is not None else 0.0)
+        fill = (
+            self.value if self.value is not None else (value.item() if value is not None else 0.0)
+        )
         return F.pad(x, torch_pads, mode="constant", value=fill)
 
 
@@ -1224,10 +1241,8 @@ def _resize_mode(view: NodeView) -> tuple[str, bool | None]:
         rounding = view.attr("nearest_mode", "round_prefer_floor")
         if transform == "asymmetric" and (rounding == "floor" or view.opset < 11):
             return "nearest", None
-        if half_pixel and rounding == "round_prefer_ceil":
-            return "nearest-exact", None
-        if half_pixel and rounding == "round_prefer_floor":
-            return "nearest-exact-upscale", None  # no ties when upscaling by integers
+        if half_pixel and rounding in ("round_prefer_floor", "round_prefer_ceil"):
+            return "nearest-integer-upscale", None
     if mode in ("linear", "bilinear") and (half_pixel or transform == "align_corners"):
         return "linear", transform == "align_corners"
     if mode == "cubic" and half_pixel and view.attr("cubic_coeff_a", -0.75) == -0.75:
@@ -1252,10 +1267,12 @@ class Resize(OpModule):
             raise view.unsupported("axes attribute")
         if self.scales and any(s != 1.0 for s in self.scales[:2]):
             raise view.unsupported("resizing the batch or channel axis")
-        if self.mode == "nearest-exact-upscale":
+        if self.mode == "nearest-integer-upscale":
+            # upscaling by an integer s, output d reads round((d + 0.5) / s - 0.5) = d // s
+            # with no ties, which is exactly torch's (asymmetric, floor) nearest
             if self.scales is None or any(s < 1 or s != int(s) for s in self.scales):
                 raise view.unsupported("half_pixel nearest with non-integer scales")
-            self.mode = "nearest-exact"
+            self.mode = "nearest"
 
     def compute(self, x: Tensor, *rest: Tensor | None) -> Tensor:
         operands = [x, *rest, None, None, None]
@@ -1265,10 +1282,16 @@ class Resize(OpModule):
         if mode == "linear":
             mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
         if sizes:
-            return F.interpolate(x, size=[int(s) for s in sizes[2:]], mode=mode,
-                                 align_corners=self.align_corners)
-        return F.interpolate(x, scale_factor=[float(s) for s in scales[2:]], mode=mode,
-                             align_corners=self.align_corners, recompute_scale_factor=False)
+            return F.interpolate(
+                x, size=[int(s) for s in sizes[2:]], mode=mode, align_corners=self.align_corners
+            )
+        return F.interpolate(
+            x,
+            scale_factor=[float(s) for s in scales[2:]],
+            mode=mode,
+            align_corners=self.align_corners,
+            recompute_scale_factor=False,
+        )
 
 
 @handles("Resize", "Upsample")
@@ -1338,7 +1361,7 @@ class OnnxModule(nn.Module):
         nodes: Sequence[tuple[str, nn.Module, Sequence[str], Sequence[str]]],
         input_names: Sequence[str],
         output_names: Sequence[str],
-        final_softmax_nodes: Collection[str],
+        final_softmax_outputs: Collection[str],
         opset: int,
     ) -> None:
         super().__init__()
@@ -1353,7 +1376,7 @@ class OnnxModule(nn.Module):
             key = self._unique_key(_sanitize(raw_name), taken)
             self.add_module(key, module)
             steps.append(Step(key, tuple(inputs), tuple(outputs)))
-            if raw_name in final_softmax_nodes:
+            if outputs and outputs[0] in final_softmax_outputs:
                 skip.add(key)
         self.steps = steps
         self.softmax_keys = frozenset(skip)
@@ -1391,8 +1414,10 @@ class OnnxModule(nn.Module):
     def initializer_values(self) -> dict[str, np.ndarray]:
         """Current trained values keyed by ONNX initializer name (same layout as in ONNX)."""
         state = {**dict(self.named_parameters()), **dict(self.named_buffers())}
-        return {onnx_name: state[qual].detach().cpu().numpy()
-                for qual, onnx_name in self.initializer_names.items()}
+        return {
+            onnx_name: state[qual].detach().cpu().numpy()
+            for qual, onnx_name in self.initializer_names.items()
+        }
 
 
 # --------------------------------------------------------------------------- conversion
@@ -1427,28 +1452,33 @@ def _check_supported(graph: onnx.GraphProto) -> None:
         if node.domain not in DEFAULT_DOMAINS or (
             node.op_type not in HANDLERS and node.op_type != "Constant"
         ):
-            label = node.op_type if node.domain in DEFAULT_DOMAINS else (
-                f"{node.domain}.{node.op_type}")
+            label = (
+                node.op_type
+                if node.domain in DEFAULT_DOMAINS
+                else (f"{node.domain}.{node.op_type}")
+            )
             raise ModelError(
                 f"cannot fine-tune: op type {label} (node {node.name or node.output[0]}) "
                 "is not supported by the converter"
             )
 
 
-def _final_softmax_nodes(graph: onnx.GraphProto, info: GraphInfo) -> set[str]:
-    """Softmax/LogSoftmax nodes whose output is only a graph output (maybe via Identity)."""
+def _final_softmax_outputs(graph: onnx.GraphProto, info: GraphInfo) -> set[str]:
+    """Outputs of Softmax/LogSoftmax nodes that only feed a graph output (maybe via Identity)."""
     by_output = {name: node for node in graph.node for name in node.output}
     found = set()
     for value in graph.output:
         node = by_output.get(value.name)
-        while node is not None and node.op_type == "Identity" and (
-            info.consumers.get(node.input[0], 0) == 1
+        while (
+            node is not None
+            and node.op_type == "Identity"
+            and (info.consumers.get(node.input[0], 0) == 1)
         ):
             node = by_output.get(node.input[0])
         if node is None or node.op_type not in SOFTMAX_OPS:
             continue
         if info.consumers.get(node.output[0], 0) <= 1:
-            found.add(node.name or node.output[0])
+            found.add(node.output[0])
     return found
 
 
@@ -1466,33 +1496,46 @@ def _record_origins(module: OnnxModule, info: GraphInfo) -> None:
             module.initializer_names[qual] = info.origins[id(tensor)]
 
 
+NodeSpec = tuple[str, nn.Module, list[str], list[str]]
+
+
+def _node_modules(graph: onnx.GraphProto, info: GraphInfo) -> list[NodeSpec]:
+    """One (name, module, runtime inputs, outputs) per node, Constant nodes excepted."""
+    specs = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        module = HANDLERS[node.op_type](NodeView.of(node, info))
+        runtime = [name for name in node.input if name and name not in info.constants]
+        specs.append((node.name, module, runtime, list(node.output)))
+    return specs
+
+
+def _constant_outputs(graph: onnx.GraphProto, info: GraphInfo) -> list[NodeSpec]:
+    """Steps for graph outputs that are constants (folded or initializers)."""
+    return [
+        (f"const_{value.name}", ConstantTensor(info.constants[value.name]), [], [value.name])
+        for value in graph.output
+        if value.name in info.constants
+    ]
+
+
 def onnx_to_torch(model: onnx.ModelProto) -> OnnxModule:
     """Convert an ONNX model into a trainable ``OnnxModule`` (eval mode, like the ONNX graph).
 
     Raises ModelError naming the op type and node for anything outside the supported set.
+    The caller's model is not modified.
     """
     prepared = prepare_model(model)
     graph = prepared.graph
     _name_nodes(graph)
     _check_supported(graph)
     info = _graph_info(prepared)
-    nodes = []
-    for node in graph.node:
-        if node.op_type == "Constant":
-            continue
-        module = HANDLERS[node.op_type](NodeView.of(node, info))
-        runtime = [name for name in node.input if name and name not in info.constants]
-        nodes.append((node.name, module, runtime, list(node.output)))
-    produced = {name for node in graph.node for name in node.output} - set(info.constants)
-    for value in graph.output:
-        if value.name in info.constants and value.name not in produced:
-            nodes.append((f"const_{value.name}", ConstantTensor(info.constants[value.name]),
-                          [], [value.name]))
     module = OnnxModule(
-        nodes,
+        _node_modules(graph, info) + _constant_outputs(graph, info),
         input_names=[value.name for value in graph.input],
         output_names=[value.name for value in graph.output],
-        final_softmax_nodes=_final_softmax_nodes(graph, info),
+        final_softmax_outputs=_final_softmax_outputs(graph, info),
         opset=info.opset,
     )
     _record_origins(module, info)

@@ -90,17 +90,24 @@ def export_onnx(
         dynamic_axes.update(_dynamic_batch_axes(module, example_inputs, output_names))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer/deprecation chatter, not user errors
-            torch.onnx.export(
-                module,
-                example_inputs,
-                buffer,
-                dynamo=False,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=export_opset(opset),
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
+            try:
+                torch.onnx.export(
+                    module,
+                    example_inputs,
+                    buffer,
+                    dynamo=False,
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    opset_version=export_opset(opset),
+                    dynamic_axes=dynamic_axes,
+                    do_constant_folding=True,
+                )
+            except Exception as exc:  # the exporter raises many types; users get one line
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ModelError(
+                    f"cannot export the fine-tuned model to ONNX: {type(exc).__name__}: "
+                    f"{first_line}"
+                ) from exc
     model = onnx.load_from_string(buffer.getvalue())
     if path_or_none is not None:
         save_model(model, path_or_none, force=True)

@@ -18,8 +18,16 @@ class Plan:
     identical folded biases) gets one new sliced copy per distinct slicing.
     """
 
-    def __init__(self, cg: ChannelGraph, groups: list[ChannelGroup], masks: dict[int, np.ndarray]):
+    def __init__(
+        self,
+        cg: ChannelGraph,
+        groups: list[ChannelGroup],
+        masks: dict[int, np.ndarray],
+        means: dict[str, np.ndarray] | None = None,
+    ):
         self.cg = cg
+        self.means = means or {}
+        self.graph: gs.Graph | None = None
         roots = cg.roots()
         removed = [groups[i].roots[~mask] for i, mask in masks.items() if not mask.all()]
         removed_roots = np.concatenate(removed) if removed else np.empty(0, np.int64)
@@ -33,6 +41,37 @@ class Plan:
             return None
         mask = self.atom_keep[layout.atoms]
         return None if mask.all() else mask
+
+    def removed_mean(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """Per position of the channel axis: the observed mean where removed, else 0.
+
+        A consumer adds ``W @ removed_mean`` to its bias (mean compensation), which is
+        exact when the removed channels are constant over the data.
+        """
+        keep = self.keep(tensor)
+        mean = self.means.get(tensor.name)
+        if keep is None or mean is None:
+            return None
+        return np.where(keep, 0.0, mean)
+
+    def replace_input(self, node: gs.Node, index: int, values: np.ndarray, tag: str) -> None:
+        """Put a new constant at input ``index`` (appending it if the slot is absent)."""
+        tensor = gs.Constant(f"{node.name}_{tag}_{len(self._sliced)}", np.ascontiguousarray(values))
+        self._sliced[(tensor.name,)] = tensor
+        if index < len(node.inputs):
+            node.inputs[index] = tensor
+        else:
+            node.inputs.append(tensor)
+
+    def add_after(self, node: gs.Node, values: np.ndarray) -> None:
+        """Insert ``output + values`` after ``node`` (for producers without a bias slot)."""
+        out = node.outputs[0]
+        raw = gs.Variable(f"{out.name}_uncompensated", dtype=out.dtype)
+        node.outputs[0] = raw
+        bias = gs.Constant(f"{node.name}_compensation", np.ascontiguousarray(values))
+        self.graph.nodes.append(
+            gs.Node("Add", f"{node.name}_compensation", inputs=[raw, bias], outputs=[out])
+        )
 
     def slice_input(self, node: gs.Node, index: int, axes: dict[int, np.ndarray | None]) -> None:
         """Replace constant input ``index`` of ``node`` by a copy sliced along ``axes``."""
@@ -56,7 +95,8 @@ class Plan:
 def rewrite(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """A new model with the plan's channels removed; ``model`` itself is not modified."""
     graph = gs.import_onnx(model)
-    for node in graph.nodes:
+    plan.graph = graph
+    for node in list(graph.nodes):
         rule_for(node.op, node.domain or "").rewrite(node, plan)
     boundary = {id(t) for t in (*graph.inputs, *graph.outputs)}
     for tensor in graph.tensors().values():

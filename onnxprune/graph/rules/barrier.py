@@ -22,10 +22,30 @@ class Barrier(Rule):
 
 BARRIER = Barrier()
 
-register("LRN", "LpNormalization", "GroupNormalization", "LayerNormalization", "Einsum",
-         "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "GatherElements", "GatherND",
-         "ScatterND", "ScatterElements", "TopK", "NonZero", "ArgMax", "ArgMin",
-         "CumSum", "If", "Loop", "Scan", "Hardmax")(Barrier)
+register(
+    "LRN",
+    "LpNormalization",
+    "GroupNormalization",
+    "LayerNormalization",
+    "Einsum",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Expand",
+    "Tile",
+    "GatherElements",
+    "GatherND",
+    "ScatterND",
+    "ScatterElements",
+    "TopK",
+    "NonZero",
+    "ArgMax",
+    "ArgMin",
+    "CumSum",
+    "If",
+    "Loop",
+    "Scan",
+    "Hardmax",
+)(Barrier)
 
 
 @register("Shape", "Size")

@@ -26,9 +26,29 @@ def _aligned_axis(cg: ChannelGraph, node: gs.Node, tensor: gs.Tensor, out_axis: 
     return out_axis - (out_rank - rank)
 
 
-@register("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
-          "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor",
-          "Mod", "BitShift")
+@register(
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "PRelu",
+    "Where",
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+    "BitShift",
+)
 class ElementwiseRule(Rule):
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
         out_shape = cg.shape(node.outputs[0])

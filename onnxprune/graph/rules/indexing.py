@@ -70,7 +70,9 @@ class SplitRule(Rule):
                 cg.set_layout(out, layout)
             return
         sizes = _split_sizes(node, layout.size)
-        if sizes is None or (optional_input(node, 1) is not None and constant(node.inputs[1]) is None):
+        if sizes is None or (
+            optional_input(node, 1) is not None and constant(node.inputs[1]) is None
+        ):
             cg.freeze_inputs(node, f"Split '{node.name}' has computed sizes")
             return
         offsets = np.cumsum([0, *sizes])
@@ -152,7 +154,7 @@ class SliceRule(Rule):
         position = axes.index(layout.axis)
         start, stop, _ = slice(starts[position], ends[position]).indices(layout.size)
         new_start = int(keep[:start].sum())
-        new_stop = new_start + int(keep[start:max(stop, start)].sum())
+        new_stop = new_start + int(keep[start : max(stop, start)].sum())
         starts[position], ends[position] = new_start, new_stop
         if "starts" in node.attrs:
             node.attrs["starts"], node.attrs["ends"] = starts, ends

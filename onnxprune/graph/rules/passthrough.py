@@ -13,11 +13,44 @@ if TYPE_CHECKING:
     from ..rewrite import Plan
 
 UNARY = (
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-    "Celu", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu", "Shrink", "Erf",
-    "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
-    "Sin", "Cos", "Not", "Cast", "CastLike", "Clip", "Identity", "Dropout", "Relu6",
-    "QuickGelu", "IsNaN", "IsInf",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Mish",
+    "ThresholdedRelu",
+    "Shrink",
+    "Erf",
+    "Exp",
+    "Log",
+    "Abs",
+    "Neg",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Not",
+    "Cast",
+    "CastLike",
+    "Clip",
+    "Identity",
+    "Dropout",
+    "Relu6",
+    "QuickGelu",
+    "IsNaN",
+    "IsInf",
 )
 
 
@@ -56,8 +89,15 @@ class PerChannelNormRule(Rule):
         return True
 
 
-@register("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
-          "GlobalLpPool", "MaxRoiPool")
+@register(
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "GlobalLpPool",
+    "MaxRoiPool",
+)
 class PoolRule(Rule):
     """Spatial pooling keeps channels (MaxPool's optional Indices output is not tracked)."""
 
@@ -110,4 +150,3 @@ class ResizeRule(Rule):
         values = constant(sizes).copy()
         values[plan.cg.layout(node.inputs[0]).axis] = int(keep.sum())
         node.inputs[3] = gs.Constant(f"{sizes.name}_{node.name}_pruned", values)
-

@@ -65,6 +65,12 @@ class ConvRule(Rule):
             if keep_in is not None:
                 node.attrs["group"] = int(keep_in.sum())
         else:
+            removed = plan.removed_mean(node.inputs[0])
+            if removed is not None:  # the removed inputs' mean, through every kernel tap
+                weight = constant(node.inputs[1])
+                per_input = weight.astype(np.float64).reshape(*weight.shape[:2], -1).sum(axis=2)
+                delta = per_input @ removed
+                _add_to_bias(plan, node, 2, delta.astype(weight.dtype))
             plan.slice_input(node, 1, {0: keep_out, 1: keep_in})
         if optional_input(node, 2) is not None:
             plan.slice_input(node, 2, {0: keep_out})
@@ -78,7 +84,9 @@ class ConvTransposeRule(Rule):
         weight = constant(node.inputs[1])
         group = int(node.attrs.get("group", 1))
         if weight is None or group != 1:
-            cg.freeze_inputs(node, f"ConvTranspose '{node.name}' is grouped or has no constant weight")
+            cg.freeze_inputs(
+                node, f"ConvTranspose '{node.name}' is grouped or has no constant weight"
+            )
             if weight is None:
                 return
         out = cg.new_source(node, "conv", int(weight.shape[1] * group))
@@ -116,6 +124,14 @@ class GemmRule(Rule):
         trans_b = int(node.attrs.get("transB", 0))
         keep_out = plan.keep(node.outputs[0])
         keep_in = plan.keep(node.inputs[0])
+        removed = plan.removed_mean(node.inputs[0])
+        if removed is not None:
+            weight = constant(node.inputs[1]).astype(np.float64)
+            delta = weight @ removed if trans_b else removed @ weight
+            delta *= float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0) or 1.0)
+            if optional_input(node, 2) is None:
+                node.attrs["beta"] = 1.0
+            _add_to_bias(plan, node, 2, delta.astype(constant(node.inputs[1]).dtype))
         plan.slice_input(node, 1, {trans_b: keep_in, 1 - trans_b: keep_out})
         bias = optional_input(node, 2)
         if bias is not None and keep_out is not None:
@@ -146,9 +162,25 @@ class MatMulRule(Rule):
         out_layout = plan.cg.layout(node.outputs[0])
         if layout is not None and out_layout is not None and layout.same_as(out_layout):
             return
-        plan.slice_input(
-            node, 1, {0: plan.keep(node.inputs[0]), 1: plan.keep(node.outputs[0])}
-        )
+        keep_in, keep_out = plan.keep(node.inputs[0]), plan.keep(node.outputs[0])
+        removed = plan.removed_mean(node.inputs[0])
+        if removed is not None:  # no bias slot: add the compensation after the product
+            weight = constant(node.inputs[1])
+            delta = (removed @ weight.astype(np.float64)).astype(weight.dtype)
+            plan.add_after(node, delta if keep_out is None else delta[keep_out])
+        plan.slice_input(node, 1, {0: keep_in, 1: keep_out})
+
+
+def _add_to_bias(plan: Plan, node: gs.Node, index: int, delta: np.ndarray) -> None:
+    """bias += delta over the full (unsliced) output channels; creates the bias if absent."""
+    bias = optional_input(node, index)
+    if bias is None:
+        plan.replace_input(node, index, delta, "compensated_bias")
+        return
+    values = np.broadcast_to(constant(bias), np.broadcast_shapes(constant(bias).shape, delta.shape))
+    plan.replace_input(
+        node, index, (values + delta).astype(constant(bias).dtype), "compensated_bias"
+    )
 
 
 def output_major_weight(node: gs.Node) -> np.ndarray | None:

@@ -7,8 +7,18 @@ import onnx_graphsurgeon as gs
 from ..channel_graph import ChannelGraph
 from .base import Rule, int_list, normalize_axis, optional_input, register
 
-REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
-          "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+REDUCE = (
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+)
 
 
 @register(*REDUCE)

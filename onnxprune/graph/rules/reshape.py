@@ -33,7 +33,9 @@ def _computed_entry(shape_tensor: gs.Tensor, position: int) -> int | None:
         values = constant(piece)
         length = 1 if values is None else int(np.asarray(values).size)
         if offset <= position < offset + length:
-            return None if values is None else int(np.asarray(values).reshape(-1)[position - offset])
+            return (
+                None if values is None else int(np.asarray(values).reshape(-1)[position - offset])
+            )
         offset += length
     return None
 
