@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import SHARED_DATA as DATA  # noqa: E402
 from torch import nn
 
 from onnxprune.errors import DataError, ParameterError
 from onnxprune.finetune.trainer import TrainData, TrainResult, evaluate, train
 from onnxprune.mlp import Standardizer, build_mlp, split_dataset
 
-DATA = Path("/work/shared/data")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -329,7 +329,7 @@ DDP_SCRIPT = textwrap.dedent(
     from onnxprune.mlp import Standardizer, build_mlp, split_dataset
 
     out = sys.argv[1]
-    data = np.load("/work/shared/data/iris.npz")
+    data = np.load(sys.argv[2])
     x_tr, x_te, y_tr, y_te = split_dataset(data["X"], data["y"], 0.3, seed=0)
     torch.manual_seed(int(__import__("os").environ["RANK"]))  # DDP must sync the start
     model = build_mlp(4, 3, 2, 16, standardizer=Standardizer.fit(x_tr))
@@ -359,6 +359,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
         "2",
         str(script),
         str(tmp_path),
+        str(DATA / "iris.npz"),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from paths import SHARED_DATA as DATA  # noqa: E402
 
 from onnxprune.errors import DataError, ParameterError
 from onnxprune.finetune.trainer import TrainData, evaluate
@@ -22,8 +23,6 @@ from onnxprune.mlp import (
     split_dataset,
     train_mlp,
 )
-
-DATA = Path("/work/shared/data")
 
 
 @pytest.fixture(autouse=True, scope="module")
