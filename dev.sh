@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up and run in one step, on a fresh machine or an existing checkout.
-#   ./dev.sh demo   prune the shipped MNIST sample with OCNNA at k=40 and show the table
+#   ./dev.sh demo   prune the shipped MNIST sample with OCNNA at k=40, fine-tune 1 epoch, show the table
 #   ./dev.sh test   run the test suite
 #   ./dev.sh setup  only create .venv and install onnxprune with its test extras
 set -euo pipefail
@@ -23,6 +23,7 @@ case "${1:-}" in
     mkdir -p out
     "$VENV/bin/onnxprune" ocnna samples/mnist_cnn.onnx --k 40 \
       --data samples/mnist_dvar.npz --eval samples/mnist_test.npz \
+      --finetune samples/mnist_train.npz --epochs 1 \
       -o out/mnist_cnn.ocnna-k40.onnx --report out/report.json --force
     ;;
   test)

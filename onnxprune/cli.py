@@ -139,6 +139,14 @@ Examples:
     show_default=True,
     help="Fold removed channels' mean activation into the next layers' biases.",
 )
+@click.option(
+    "--finetune",
+    "finetune_data",
+    type=click.Path(dir_okay=False),
+    help="Labelled training data: fine-tune the pruned model (PyTorch) after pruning.",
+)
+@click.option("--epochs", type=int, default=1, show_default=True, help="Fine-tune epochs.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tune learning rate.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -155,6 +163,9 @@ def ocnna(
     convs_only,
     round_to,
     compensate,
+    finetune_data,
+    epochs,
+    lr,
     batch_size,
     device,
     seed,
@@ -182,6 +193,22 @@ def ocnna(
         seed=seed,
         compensate=compensate,
     )
+    if finetune_data is not None:
+        from .finetune.round_trip import finetune
+
+        tuned, extra = finetune(
+            result.model,
+            finetune_data,
+            eval_data,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+        )
+        tuned.metadata_props.extend(result.model.metadata_props)
+        result.model = tuned
+        result.report.update(extra)
     save_outputs(result, output, report, force)
 
 
@@ -210,6 +237,67 @@ def inspect(model, data, as_json) -> None:
         click.echo(json.dumps(info, indent=2))
     else:
         print_inspection(info)
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  onnxprune finetune pruned.onnx --train train.npz --eval test.npz --epochs 3
+"""
+)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--train",
+    "train_data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Labelled training data (.npz with x and y).",
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(dir_okay=False),
+    help="Labelled data to pick the best epoch and report accuracy / MSE.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Output path [default: <model>.finetuned.onnx beside the input].",
+)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@handle_errors
+def finetune(
+    model, train_data, eval_data, output, epochs, lr, batch_size, optimizer, device, seed, force
+) -> None:
+    """Fine-tune MODEL (ONNX) in PyTorch and write it back as ONNX."""
+    from .finetune.round_trip import finetune as run_finetune
+    from .io import save_model
+
+    output = Path(output) if output else _default_output(model, "finetuned")
+    _check_outputs([output], force, model)
+    tuned, report = run_finetune(
+        model,
+        train_data,
+        eval_data,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        seed=seed,
+        device=device,
+    )
+    save_model(tuned, output, force=force)
+    for key, value in report.items():
+        if key != "finetune":
+            click.echo(f"{key}: {value:.4f}")
+    progress.info(f"wrote {output}")
 
 
 if __name__ == "__main__":

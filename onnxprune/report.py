@@ -44,6 +44,12 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
             before, after = report[f"{metric}_before"], report[f"{metric}_after"]
             fmt = (lambda v: f"{100 * v:.2f}%") if metric == "accuracy" else (lambda v: f"{v:.5g}")
             rows.append((metric, fmt(before), fmt(after), f"{after - before:+.4f}"))
+    for metric in ("accuracy", "mse"):
+        if f"{metric}_finetuned" in report:
+            value = report[f"{metric}_finetuned"]
+            text = f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.5g}"
+            change = value - report.get(f"{metric}_before", value)
+            rows.append((f"{metric} after fine-tune", "", text, f"{change:+.4f}"))
     return rows
 
 

@@ -219,3 +219,64 @@ def test_version_and_help():
     assert "onnxprune" in invoke("--version").output
     help_text = invoke("ocnna", "--help").output
     assert "Examples" in help_text and "--k" in help_text
+
+
+def test_finetune_after_pruning_recovers_accuracy(workdir):
+    train = np.load(SAMPLES / "mnist_train.npz")
+    np.savez(workdir / "train.npz", x=train["x"][:2000], y=train["y"][:2000])
+    result = invoke(
+        "ocnna",
+        workdir / "model.onnx",
+        "--k",
+        40,
+        "--data",
+        workdir / "dvar.npz",
+        "--eval",
+        workdir / "test.npz",
+        "--finetune",
+        workdir / "train.npz",
+        "--epochs",
+        1,
+        "--report",
+        workdir / "r.json",
+        "-o",
+        workdir / "ft.onnx",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((workdir / "r.json").read_text())
+    assert report["accuracy_finetuned"] > report["accuracy_after"] + 0.3
+    tuned = onnx.load(str(workdir / "ft.onnx"))
+    check(tuned)
+    assert [i.name for i in tuned.graph.input] == ["input"]
+    assert [o.name for o in tuned.graph.output] == ["logits"]
+    assert {p.key for p in tuned.metadata_props} >= {"onnxprune.method", "onnxprune.version"}
+
+
+def test_finetune_command_writes_a_trained_model(workdir):
+    train = np.load(SAMPLES / "mnist_train.npz")
+    np.savez(workdir / "train.npz", x=train["x"][:512], y=train["y"][:512])
+    result = invoke(
+        "finetune",
+        workdir / "model.onnx",
+        "--train",
+        workdir / "train.npz",
+        "--eval",
+        workdir / "test.npz",
+        "--epochs",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    tuned = onnx.load(str(workdir / "model.finetuned.onnx"))
+    check(tuned)
+    assert "accuracy_finetuned" in result.stdout
+    bad = invoke(
+        "finetune",
+        workdir / "model.onnx",
+        "--train",
+        workdir / "dvar.npz",
+        "--epochs",
+        0,
+        "-o",
+        workdir / "x.onnx",
+    )
+    assert bad.exit_code == 2 and "epochs" in bad.stderr
