@@ -7,7 +7,8 @@ model, report = onnxprune.ocnna("model.onnx", k=40, data="dvar.npz")
 __version__ = "0.1.0"
 
 from .errors import DataError, ModelError, OnnxPruneError, OutputError, ParameterError  # noqa: E402
-from .pipeline import PruneResult, ocnna, prune_channels  # noqa: E402
+from .methods.ocnna import ocnna  # noqa: E402
+from .pipeline import PruneResult, prune_channels  # noqa: E402
 
 __all__ = [
     "__version__",

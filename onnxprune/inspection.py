@@ -10,7 +10,7 @@ import onnx
 from .graph.rules.base import constant
 from .io import DataLike
 from .metrics import count_params, layer_macs
-from .pipeline import _first_feed, _zeros_feed, prepare
+from .pipeline import first_feed, zeros_feed, prepare
 
 
 def _node_params(node) -> int:
@@ -22,7 +22,7 @@ def _node_params(node) -> int:
 def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = None) -> dict:
     """Channel groups of ``model`` with sizes, prunability, reasons, params and MACs."""
     _, analysis, dataset = prepare(model, data)
-    feed = _first_feed(dataset) if dataset is not None else _zeros_feed(analysis)
+    feed = first_feed(dataset) if dataset is not None else zeros_feed(analysis)
     macs = layer_macs(analysis.model, feed)
     groups = []
     conv_total = conv_prunable = 0

@@ -6,7 +6,13 @@ import json
 import os
 from pathlib import Path
 
-from .io import atomic_write_bytes
+import numpy as np
+import onnx
+
+from . import __version__
+from .analyze import Analysis
+from .io import atomic_write_bytes, model_hash
+from .metrics import count_macs, count_params, model_bytes
 
 
 def _fmt_int(value: int) -> str:
@@ -131,3 +137,80 @@ def print_summary(report: dict, max_layers: int = 60) -> None:
     console.print(totals)
     if report.get("frozen"):
         console.print(f"{len(report['frozen'])} group(s) not pruned; reasons in the report.")
+
+
+def build_report(
+    method: str,
+    parameters: dict,
+    model_arg,
+    analysis: Analysis,
+    pruned: onnx.ModelProto,
+    masks: dict[int, np.ndarray],
+    scores: dict[int, np.ndarray],
+    feed: dict[str, np.ndarray],
+) -> dict:
+    """The machine-readable report (report.py renders it for people)."""
+    params_before, params_after = count_params(analysis.model), count_params(pruned)
+    macs_before, macs_after = count_macs(analysis.model, feed), count_macs(pruned, feed)
+    layers = []
+    for group in analysis.groups:
+        mask = masks.get(group.index)
+        for source in group.sources:
+            total = source.size
+            kept = total if mask is None else int(mask[group.channel_of[source.name]].sum())
+            layers.append(
+                {
+                    "name": source.name,
+                    "op": source.node.op,
+                    "kind": source.kind,
+                    "group": group.index,
+                    "kept": kept,
+                    "total": total,
+                    "prunable": group.prunable,
+                }
+            )
+    frozen = [
+        {
+            "group": g.index,
+            "layers": [s.name for s in g.sources],
+            "channels": g.size,
+            "reason": g.frozen_reason or "single channel",
+        }
+        for g in analysis.frozen()
+    ]
+    return {
+        "tool": "onnxprune",
+        "version": __version__,
+        "method": method,
+        "parameters": parameters,
+        "model": str(model_arg) if not isinstance(model_arg, onnx.ModelProto) else "<ModelProto>",
+        "params_before": params_before,
+        "params_after": params_after,
+        "remaining_params_ratio": params_after / params_before if params_before else 1.0,
+        "macs_before": macs_before,
+        "macs_after": macs_after,
+        "flops_before": 2 * macs_before,
+        "flops_after": 2 * macs_after,
+        "size_bytes_before": model_bytes(analysis.model),
+        "size_bytes_after": model_bytes(pruned),
+        "groups_total": len(analysis.groups),
+        "groups_pruned": sum(1 for m in masks.values() if not m.all()),
+        "layers": layers,
+        "frozen": frozen,
+    }
+
+
+def stamp_provenance(pruned: onnx.ModelProto, report: dict, model_arg) -> None:
+    """Record tool, method, parameters and source hash in the model's metadata_props."""
+    entries = {
+        "onnxprune.version": __version__,
+        "onnxprune.method": report["method"],
+        "onnxprune.parameters": repr(report["parameters"]),
+    }
+    if isinstance(model_arg, str | os.PathLike) and os.path.isfile(model_arg):
+        entries["onnxprune.source_sha256"] = model_hash(model_arg)
+    kept = [p for p in pruned.metadata_props if not p.key.startswith("onnxprune.")]
+    del pruned.metadata_props[:]
+    pruned.metadata_props.extend(kept)
+    for key, value in entries.items():
+        pruned.metadata_props.add(key=key, value=value)

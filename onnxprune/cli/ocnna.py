@@ -1,0 +1,144 @@
+"""`onnxprune ocnna`: prune conv filters and dense units with OCNNA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import main
+from .common import check_outputs, default_output, handle_errors, k_tag
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  onnxprune ocnna model.onnx --k 40 --data dvar.npz
+  onnxprune ocnna model.onnx --k 40 --data dvar.npz --eval test.npz -o small.onnx --report r.json
+"""
+)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--k",
+    "k",
+    type=float,
+    default=40.0,
+    show_default=True,
+    help="Percentile of significance: drop k% of each group's channels, 0 <= k < 100.",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(dir_okay=False),
+    help="D_var samples (.npz with x/X, or .npy) used to score channels.",
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(dir_okay=False),
+    help="Labelled data (.npz with x and y): accuracy before and after.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Write the JSON report here (and a Markdown copy beside it).",
+)
+@click.option(
+    "--criterion",
+    default="ocnna",
+    show_default=True,
+    type=click.Choice(["ocnna", "l1", "random", "apoz"]),
+    help="Importance criterion (baselines share groups and selection).",
+)
+@click.option("--convs-only", is_flag=True, help="Prune conv filters only, keep dense units.")
+@click.option(
+    "--round-to",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Round kept channel counts up to a multiple of this (8 or 16 for speed).",
+)
+@click.option(
+    "--compensate/--no-compensate",
+    default=True,
+    show_default=True,
+    help="Fold removed channels' mean activation into the next layers' biases.",
+)
+@click.option(
+    "--finetune",
+    "finetune_data",
+    type=click.Path(dir_okay=False),
+    help="Labelled training data: fine-tune the pruned model (PyTorch) after pruning.",
+)
+@click.option("--epochs", type=int, default=1, show_default=True, help="Fine-tune epochs.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tune learning rate.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@handle_errors
+def ocnna(
+    model,
+    k,
+    data,
+    eval_data,
+    output,
+    report_path,
+    criterion,
+    convs_only,
+    round_to,
+    compensate,
+    finetune_data,
+    epochs,
+    lr,
+    batch_size,
+    device,
+    seed,
+    force,
+) -> None:
+    """Prune conv filters (and dense units) of MODEL with OCNNA."""
+    from ..api_io import save_outputs
+    from ..methods.ocnna import ocnna as run_ocnna
+    from ..select import check_k
+
+    check_k(k)
+    output = Path(output) if output else default_output(model, f"ocnna-{k_tag(k)}")
+    report = Path(report_path) if report_path else None
+    check_outputs([output, report], force, model)
+    result = run_ocnna(
+        model,
+        k,
+        data,
+        eval_data=eval_data,
+        criterion=criterion,
+        convs_only=convs_only,
+        batch_size=batch_size,
+        device=device,
+        round_to=round_to,
+        seed=seed,
+        compensate=compensate,
+    )
+    if finetune_data is not None:
+        from ..finetune.round_trip import finetune
+
+        tuned, extra = finetune(
+            result.model,
+            finetune_data,
+            eval_data,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+        )
+        tuned.metadata_props.extend(result.model.metadata_props)
+        result.model = tuned
+        result.report.update(extra)
+    save_outputs(result, output, report, force)

@@ -1,0 +1,1 @@
+"""One module per pruning method, each a readable run of the pipeline stages."""
