@@ -10,7 +10,7 @@ import onnx
 from .graph.rules.base import constant
 from .io import DataLike
 from .metrics import count_params, layer_macs
-from .pipeline import first_feed, zeros_feed, prepare
+from .pipeline import first_feed, prepare, zeros_feed
 
 
 def _node_params(node) -> int:

@@ -13,12 +13,12 @@ from ..importance import get_criterion
 from ..io import DataLike, input_specs, load_data, load_model
 from ..pipeline import (
     PruneResult,
+    apply_masks,
     before_after,
     first_feed,
     frozen_hint,
-    zeros_feed,
-    apply_masks,
     prepare,
+    zeros_feed,
 )
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
