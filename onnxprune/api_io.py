@@ -16,6 +16,6 @@ def save_outputs(result: PruneResult, output: Path, report: Path | None, force: 
     result.report["output"] = str(output)
     if report is not None:
         write_report(result.report, report, force=force)
-    if not progress._quiet:
+    if not progress.is_quiet():
         print_summary(result.report)
     progress.info(f"wrote {output}" + (f" and {report}" if report else ""))

@@ -18,6 +18,10 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    return _quiet
+
+
 def is_interactive() -> bool:
     return sys.stderr.isatty()
 

@@ -61,17 +61,24 @@ def keep_nonempty(
     masks: dict[int, np.ndarray],
     scores: dict[int, np.ndarray],
 ) -> None:
-    """Split/Slice outputs must keep a channel: restore the best one where none is left."""
+    """Split/Slice outputs must keep a channel: restore the best one where none is left.
+
+    Channels of groups without a mask are all kept, so only sets lying entirely in
+    masked groups can end up empty.
+    """
     roots = cg.roots()
-    where: dict[int, tuple[int, int]] = {}
-    for group in groups:
-        for channel, root in enumerate(group.roots.tolist()):
-            where[root] = (group.index, channel)
+    place = {
+        root: (group.index, channel)
+        for group in groups
+        if group.index in masks
+        for channel, root in enumerate(group.roots.tolist())
+    }
     for atoms in cg.nonempty:
-        places = [where[r] for r in np.unique(roots[atoms]).tolist() if r in where]
-        if not places or any(masks.get(g, np.ones(1, bool))[c] for g, c in places if g in masks):
+        unique = np.unique(roots[atoms]).tolist()
+        if not all(root in place for root in unique):
+            continue  # some channel here belongs to an unmasked group: it stays
+        channels = [place[root] for root in unique]
+        if any(masks[g][c] for g, c in channels):
             continue
-        if any(g not in masks for g, _ in places):
-            continue
-        best = max(places, key=lambda place: scores[place[0]][place[1]])
-        masks[best[0]][best[1]] = True
+        g, c = max(channels, key=lambda gc: scores[gc[0]][gc[1]])
+        masks[g][c] = True

@@ -21,13 +21,16 @@ def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.nda
     return dict(zip(names, session.run(names, feed)))
 
 
+def names(values) -> list[str]:
+    return [value.name for value in values]
+
+
 def verify(pruned: onnx.ModelProto, original: onnx.ModelProto, feed: dict[str, np.ndarray]) -> None:
     """onnx.checker (full), same input/output names, runs, same output shapes."""
     try:
         onnx.checker.check_model(pruned, full_check=True)
     except Exception as exc:
         raise VerificationError(f"pruned model fails onnx.checker: {exc}") from exc
-    names = lambda values: [v.name for v in values]  # noqa: E731
     if names(pruned.graph.input) != names(original.graph.input):
         raise VerificationError("pruned model changed the input names")
     if names(pruned.graph.output) != names(original.graph.output):

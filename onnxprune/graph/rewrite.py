@@ -33,6 +33,7 @@ class Plan:
         removed_roots = np.concatenate(removed) if removed else np.empty(0, np.int64)
         self.atom_keep = ~np.isin(roots, removed_roots)
         self._sliced: dict[tuple, gs.Constant] = {}
+        self._created = 0  # unique suffix for new constants
 
     def keep(self, tensor: gs.Tensor) -> np.ndarray | None:
         """Keep mask along the tensor's channel axis, or None when nothing is removed."""
@@ -56,8 +57,8 @@ class Plan:
 
     def replace_input(self, node: gs.Node, index: int, values: np.ndarray, tag: str) -> None:
         """Put a new constant at input ``index`` (appending it if the slot is absent)."""
-        tensor = gs.Constant(f"{node.name}_{tag}_{len(self._sliced)}", np.ascontiguousarray(values))
-        self._sliced[(tensor.name,)] = tensor
+        self._created += 1
+        tensor = gs.Constant(f"{node.name}_{tag}_{self._created}", np.ascontiguousarray(values))
         if index < len(node.inputs):
             node.inputs[index] = tensor
         else:
@@ -87,7 +88,8 @@ class Plan:
                     values = np.compress(mask, values, axis=axis)
                 elif values.shape[axis] != 1:
                     raise ValueError(f"cannot slice {tensor.name} axis {axis} with {mask.size}")
-            name = f"{tensor.name}_pruned{len(self._sliced)}"
+            self._created += 1
+            name = f"{tensor.name}_pruned{self._created}"
             self._sliced[key] = gs.Constant(name, np.ascontiguousarray(values))
         node.inputs[index] = self._sliced[key]
 
