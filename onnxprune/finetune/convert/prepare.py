@@ -1,0 +1,96 @@
+"""Graph preparation before conversion: drop initializer inputs, bypass Identity, fold."""
+
+from __future__ import annotations
+
+import onnx
+
+from ...errors import ModelError
+from .registry import (  # noqa: F401
+    DEFAULT_DOMAINS,
+)
+
+# --------------------------------------------------------------------------- graph preparation
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset of the default ONNX domain: it decides attribute-vs-input forms."""
+    for entry in model.opset_import:
+        if entry.domain in DEFAULT_DOMAINS:
+            return int(entry.version)
+    raise ModelError("cannot fine-tune: the model declares no opset for the default ONNX domain")
+
+
+def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
+    """Old exporters list weights as graph inputs; the module takes only real inputs."""
+    initializers = {init.name for init in graph.initializer}
+    real = [value for value in graph.input if value.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(real)
+
+
+def _bypass_identities(graph: onnx.GraphProto) -> None:
+    """Rewire consumers of Identity nodes to their source.
+
+    torch exports route shared initializers through Identity nodes; bypassing them (rather
+    than constant-folding them into copies) keeps one shared, trainable parameter.
+    """
+    outputs = {value.name for value in graph.output}
+    alias = {
+        node.output[0]: node.input[0]
+        for node in graph.node
+        if node.op_type == "Identity"
+        and node.domain in DEFAULT_DOMAINS
+        and node.output[0] not in outputs
+    }
+    if not alias:
+        return
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    kept = [
+        node for node in graph.node if node.op_type != "Identity" or node.output[0] not in alias
+    ]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            node.input[index] = resolve(name)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constant subgraphs (static shape arithmetic) and sort the nodes topologically.
+
+    Best effort: a model onnx-graphsurgeon cannot fold is converted unfolded, since every
+    handler also works on runtime tensors.
+    """
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.CRITICAL
+    try:
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # shape info only helps folding; its absence is not an error
+            pass
+        graph = gs.import_onnx(model)
+        graph.fold_constants().cleanup().toposort()
+        folded = gs.export_onnx(graph)
+    except Exception:
+        return model
+    finally:
+        G_LOGGER.severity = severity
+    del folded.graph.value_info[:]
+    return folded
+
+
+def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A normalised copy of ``model`` ready to convert; the caller's proto is never changed."""
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    _drop_initializer_inputs(prepared.graph)
+    _bypass_identities(prepared.graph)
+    return _fold_constants(prepared)
