@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 
 from ...errors import ModelError
+from ...normalize import drop_initializer_inputs
 from .registry import (  # noqa: F401
     DEFAULT_DOMAINS,
 )
@@ -18,14 +19,6 @@ def default_opset(model: onnx.ModelProto) -> int:
         if entry.domain in DEFAULT_DOMAINS:
             return int(entry.version)
     raise ModelError("cannot fine-tune: the model declares no opset for the default ONNX domain")
-
-
-def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
-    """Old exporters list weights as graph inputs; the module takes only real inputs."""
-    initializers = {init.name for init in graph.initializer}
-    real = [value for value in graph.input if value.name not in initializers]
-    del graph.input[:]
-    graph.input.extend(real)
 
 
 def _bypass_identities(graph: onnx.GraphProto) -> None:
@@ -91,6 +84,6 @@ def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A normalised copy of ``model`` ready to convert; the caller's proto is never changed."""
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
-    _drop_initializer_inputs(prepared.graph)
+    drop_initializer_inputs(prepared)
     _bypass_identities(prepared.graph)
     return _fold_constants(prepared)
