@@ -75,6 +75,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes, force: bool = Fa
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give normal permissions
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
@@ -83,6 +84,12 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes, force: bool = Fa
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -> Path:
@@ -202,12 +209,17 @@ def _pick_labels(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def _check_finite(array: np.ndarray, name: str, chunk: int = 4096) -> None:
+def _check_finite(array: np.ndarray, name: str, chunk_bytes: int = 64 * 2**20) -> None:
+    """Scan in ~64 MB slices so a memory-mapped file is never read into RAM whole."""
     if not np.issubdtype(array.dtype, np.floating):
         return
+    chunk = max(1, chunk_bytes // max(1, array[:1].nbytes))
     for start in range(0, len(array), chunk):
         if not np.isfinite(array[start : start + chunk]).all():
-            raise DataError(f"data for input '{name}' contains NaN or inf values")
+            raise DataError(
+                f"data for input '{name}' contains NaN or inf values "
+                "(missing values are not imputed here: fill them in first)"
+            )
 
 
 def load_data(
@@ -219,6 +231,10 @@ def load_data(
     """Read samples for a model and check they fit it: keys, count, shape, dtype, finiteness."""
     if isinstance(data, Dataset):
         return data
+    if isinstance(data, str | os.PathLike) and Path(data).is_dir():
+        from .images import load_image_folder  # streamed: decoded batch by batch
+
+        return load_image_folder(data, specs, require_labels)
     arrays, source = _read_arrays(data)
     single = len(specs) == 1
     inputs: dict[str, np.ndarray] = {}

@@ -21,9 +21,19 @@ FLOAT_TYPES = {
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of floating-point weights (initializers and Constant nodes)."""
+    """Number of weights: floating-point initializers and Constant nodes, and in INT8 (QDQ)
+    models the quantized tensors DequantizeLinear reads (their scales are not weights)."""
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    scales = {
+        name
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for name in n.input[1:]
+    }
     total = sum(
-        int(np.prod(init.dims)) for init in model.graph.initializer if init.data_type in FLOAT_TYPES
+        int(np.prod(init.dims))
+        for init in model.graph.initializer
+        if (init.data_type in FLOAT_TYPES and init.name not in scales) or init.name in quantized
     )
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -38,11 +48,11 @@ def _kernel_macs(node: onnx.NodeProto, weights: dict, shapes: dict) -> int:
     if out is None:
         return 0
     out_elems = int(np.prod(out[1:]))
-    if node.op_type == "Conv" and node.input[1] in weights:
-        w = weights[node.input[1]]
+    weight = node.input[1] if len(node.input) > 1 else ""
+    w = weights.get(weight) or shapes.get(weight)  # INT8 models: the DequantizeLinear output
+    if node.op_type == "Conv" and w is not None:
         return out_elems * int(np.prod(w[1:]))
-    if node.op_type == "ConvTranspose" and node.input[1] in weights:
-        w = weights[node.input[1]]
+    if node.op_type == "ConvTranspose" and w is not None:
         x = shapes.get(node.input[0])
         return 0 if x is None else int(np.prod(x[1:])) * int(np.prod(w[1:]))
     if node.op_type in ("Gemm", "MatMul"):
@@ -75,22 +85,52 @@ def model_bytes(model: onnx.ModelProto) -> int:
 
 
 def latency_ms(
-    model: onnx.ModelProto, feed: dict[str, np.ndarray], repeats: int = 30, warmup: int = 5
+    model: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    repeats: int = 30,
+    warmup: int = 5,
+    budget_s: float | None = None,
 ) -> float:
-    """Median onnxruntime CPU latency (ms) for ``feed`` after warm-up runs."""
+    """Median onnxruntime CPU latency (ms) for ``feed`` after warm-up runs.
+
+    ``budget_s`` caps the measuring time for big models: warm-up and repeats stop early
+    once it is spent (at least one warm-up and three timed runs are always made).
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
+    begin = time.perf_counter()
+    budget = float("inf") if budget_s is None else budget_s
     for _ in range(warmup):
         session.run(None, feed)
-    times = []
+        if time.perf_counter() - begin > budget / 2:
+            break
+    times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - start)
+        if len(times) >= 3 and time.perf_counter() - begin > budget:
+            break
     return float(np.median(times) * 1000)
+
+
+LATENCY_BUDGET_S = 2.0
+
+
+def measure(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, float]:
+    """Size, weights, MACs/FLOPs and batch-1 latency of one artifact (for comparisons)."""
+    one = {name: value[:1] for name, value in feed.items()}
+    macs = count_macs(model, one)
+    return {
+        "size_bytes": model_bytes(model),
+        "params": count_params(model),
+        "macs": macs,
+        "flops": 2 * macs,
+        "latency_ms": latency_ms(model, one, budget_s=LATENCY_BUDGET_S),
+    }
 
 
 def task_of(labels: np.ndarray) -> str:

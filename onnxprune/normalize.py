@@ -47,6 +47,16 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> None:
         model.ir_version = 4
 
 
+def _can_take_output_name(graph: gs.Graph, source: gs.Tensor, outputs: set[int]) -> bool:
+    """A node-produced tensor that is neither a graph input nor already an output."""
+    return (
+        isinstance(source, gs.Variable)
+        and bool(source.inputs)
+        and id(source) not in outputs
+        and all(source is not t for t in graph.inputs)
+    )
+
+
 def remove_noops(graph: gs.Graph) -> None:
     """Bypass Identity and (inference-mode) Dropout nodes so shared weights become visible."""
     outputs = set(map(id, graph.outputs))
@@ -55,8 +65,17 @@ def remove_noops(graph: gs.Graph) -> None:
             continue
         source, result = node.inputs[0], node.outputs[0]
         extra_used = any(out.outputs or id(out) in outputs for out in node.outputs[1:])
-        if extra_used or id(result) in outputs:
+        if extra_used:
             continue
+        if id(result) in outputs:
+            if not _can_take_output_name(graph, source, outputs):
+                continue
+            # onnxruntime 1.32 mis-rewires an Identity to a graph output whose input also
+            # feeds a Pad -> Conv it fuses: name the source after the output instead.
+            source.name, source.dtype = result.name, result.dtype or source.dtype
+            source.shape = result.shape or source.shape
+            graph.outputs[[id(t) for t in graph.outputs].index(id(result))] = source
+            outputs.add(id(source))
         for consumer in list(result.outputs):
             for index, tensor in enumerate(consumer.inputs):
                 if tensor is result:

@@ -9,6 +9,7 @@ from .analyze import Analysis
 from .graph.groups import ChannelGroup
 from .graph.rules.producers import output_major_weight
 from .importance.base import ChannelAccumulator, Importance
+from .importance.ocnna import for_run
 from .importance.odf2nna import MomentsAccumulator
 from .io import Dataset
 from .observe import observe
@@ -39,9 +40,15 @@ def score_sources(
     batch_size: int = 64,
     device: str = "cpu",
     compensate: bool = False,
+    memory_budget: float | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(source name -> per-channel scores, consumer input -> per-position means)."""
+    """(source name -> per-channel scores, consumer input -> per-position means).
+
+    ``memory_budget`` (MB) splits observation into passes over truncated graphs.
+    """
     sources = [source for group in groups for source in group.sources]
+    samples = 0 if dataset is None else len(dataset)
+    criterion = for_run(criterion, device, samples, sum(s.size for s in sources))
     sinks: dict[str, tuple[int, list[ChannelAccumulator]]] = {}
     accumulators: dict[str, ChannelAccumulator] = {}
     if criterion.needs_activations:
@@ -62,6 +69,7 @@ def score_sources(
         batch_size,
         device,
         description=f"scoring {len(sources)} layers ({criterion.name})",
+        memory_budget=memory_budget,
     )
     if criterion.needs_activations:
         scores = {name: accumulator.scores() for name, accumulator in accumulators.items()}

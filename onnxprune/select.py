@@ -17,6 +17,13 @@ def check_k(k: float) -> float:
     return float(k)
 
 
+def check_epsilon(epsilon: float) -> float:
+    """ODF2NNA's tolerance: a finite epsilon >= 0 (0 removes only exactly constant units)."""
+    if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon >= 0):
+        raise ParameterError(f"epsilon must be a finite number >= 0, got {epsilon}")
+    return float(epsilon)
+
+
 def group_scores(group: ChannelGroup, source_scores: dict[str, np.ndarray]) -> np.ndarray:
     """One score per group channel: the mean over the member sources that carry it."""
     total = np.zeros(group.size)

@@ -280,3 +280,14 @@ def test_finetune_command_writes_a_trained_model(workdir):
         workdir / "x.onnx",
     )
     assert bad.exit_code == 2 and "epochs" in bad.stderr
+
+
+def test_outputs_get_normal_file_permissions(workdir):
+    import os
+
+    result = invoke("ocnna", workdir / "model.onnx", "--data", workdir / "dvar.npz", "--quiet")
+    assert result.exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = (workdir / "model.ocnna-k40.onnx").stat().st_mode & 0o777
+    assert mode == 0o666 & ~mask

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from . import main
-from .common import check_outputs, default_output, handle_errors, k_tag
+from .common import check_outputs, check_suffix, default_output, handle_errors, k_tag
+from .quantize import int8_path, quantize_option, save_with_int8
 
 
 @main.command(
@@ -15,6 +16,7 @@ from .common import check_outputs, default_output, handle_errors, k_tag
 Examples:
   onnxprune ocnna model.onnx --k 40 --data dvar.npz
   onnxprune ocnna model.onnx --k 40 --data dvar.npz --eval test.npz -o small.onnx --report r.json
+  onnxprune ocnna model.onnx --k 40 --data dvar.npz --finetune train.npz --quantize int8
 """
 )
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -72,6 +74,11 @@ Examples:
     help="Fold removed channels' mean activation into the next layers' biases.",
 )
 @click.option(
+    "--reconstruct",
+    is_flag=True,
+    help="Refit the layers that lost inputs by least squares on D_var to match the original.",
+)
+@click.option(
     "--finetune",
     "finetune_data",
     type=click.Path(dir_okay=False),
@@ -79,7 +86,22 @@ Examples:
 )
 @click.option("--epochs", type=int, default=1, show_default=True, help="Fine-tune epochs.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tune learning rate.")
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "sgd"]),
+    default="adam",
+    show_default=True,
+    help="Fine-tune optimizer.",
+)
+@quantize_option
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--memory-budget",
+    type=float,
+    default=None,
+    metavar="MB",
+    help="Cap on activation memory while scoring; splits observation into passes if needed.",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
@@ -95,23 +117,28 @@ def ocnna(
     convs_only,
     round_to,
     compensate,
+    reconstruct,
     finetune_data,
     epochs,
     lr,
+    optimizer,
     batch_size,
     device,
     seed,
     force,
+    quantize,
+    memory_budget,
 ) -> None:
     """Prune conv filters (and dense units) of MODEL with OCNNA."""
-    from ..api_io import save_outputs
     from ..methods.ocnna import ocnna as run_ocnna
     from ..select import check_k
 
     check_k(k)
     output = Path(output) if output else default_output(model, f"ocnna-{k_tag(k)}")
     report = Path(report_path) if report_path else None
-    check_outputs([output, report], force, model)
+    check_suffix(output, ".onnx", "the output model")
+    check_suffix(report, ".json", "the report (a Markdown copy goes beside it)")
+    check_outputs([output, report, int8_path(output) if quantize else None], force, model)
     result = run_ocnna(
         model,
         k,
@@ -124,6 +151,8 @@ def ocnna(
         round_to=round_to,
         seed=seed,
         compensate=compensate,
+        reconstruct=reconstruct,
+        memory_budget=memory_budget,
     )
     if finetune_data is not None:
         from ..finetune.round_trip import finetune
@@ -135,10 +164,18 @@ def ocnna(
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
+            optimizer=optimizer,
             seed=seed,
             device=device,
         )
+        if tuned is None:  # a torchrun rank other than 0: rank 0 writes the outputs
+            return
         tuned.metadata_props.extend(result.model.metadata_props)
         result.model = tuned
         result.report.update(extra)
-    save_outputs(result, output, report, force)
+    int8 = None
+    if quantize == "int8":
+        from ..quantize import add_int8
+
+        int8 = add_int8(result, data, eval_data=eval_data, batch_size=batch_size)
+    save_with_int8(result, int8, output, report, force)

@@ -1,29 +1,66 @@
-"""OCNNA end to end: analyze -> observe/score -> select -> rewrite -> verify -> report."""
+"""OCNNA end to end: analyze -> observe/score -> select -> rewrite -> verify -> report.
+
+Scoring does not depend on k, so it is one step (``score_model``) and pruning at a k
+another (``prune_scored``): a sweep scores once and prunes at every k.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from .. import progress
+from ..analyze import Analysis
 from ..errors import DataError, ModelError, ParameterError
+from ..graph.groups import ChannelGroup
 from ..importance import get_criterion
-from ..io import DataLike, input_specs, load_data, load_model
+from ..io import DataLike, Dataset, input_specs, load_data, load_model
+from ..metrics import evaluate
 from ..pipeline import (
     PruneResult,
     apply_masks,
-    before_after,
     first_feed,
     frozen_hint,
     prepare,
     zeros_feed,
 )
+from ..reconstruct import recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_k, group_scores, keep_nonempty, percentile_mask
 from ..verify import verify
+
+
+@dataclass
+class Scored:
+    """What one observation pass learns about a model; every k reuses it."""
+
+    model_arg: str | os.PathLike | onnx.ModelProto
+    analysis: Analysis
+    dataset: Dataset | None
+    eval_set: Dataset | None
+    groups: list[ChannelGroup]
+    scores: dict[int, np.ndarray]
+    means: dict[str, np.ndarray] | None
+    settings: dict
+    timings: dict[str, float]
+    _baseline: dict[str, float] | None = field(default=None, repr=False)
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        return first_feed(self.dataset) if self.dataset is not None else zeros_feed(self.analysis)
+
+    def baseline(self) -> dict[str, float]:
+        """The unpruned model's accuracy / MSE on the eval data, measured once."""
+        if self._baseline is None:
+            assert self.eval_set is not None
+            batch_size = self.settings["batch_size"]
+            self._baseline = evaluate(self.analysis.model, self.eval_set, batch_size)
+        return self._baseline
 
 
 def ocnna(
@@ -39,19 +76,52 @@ def ocnna(
     round_to: int = 1,
     seed: int = 0,
     compensate: bool = True,
+    reconstruct: bool = False,
+    memory_budget: float | None = None,
 ) -> PruneResult:
     """Prune ``model`` with OCNNA (or a baseline criterion) at percentile ``k``.
 
     ``data`` is D_var (array, .npz/.npy path or mapping input name -> array); every
     prunable channel group loses floor(k% * M) of its M channels, the least important first.
     With ``compensate`` each removed channel's mean over D_var is folded into the biases
-    of the layers that read it.
+    of the layers that read it; with ``reconstruct`` those layers are then refit by least
+    squares to reproduce the original model's outputs on D_var. ``memory_budget`` (MB)
+    caps the activations observation holds at once (passes over truncated graphs).
     """
     k = check_k(k)
-    if batch_size < 1:
-        raise ParameterError(f"batch size must be at least 1, got {batch_size}")
     if round_to < 1:
         raise ParameterError(f"round-to must be at least 1, got {round_to}")
+    scored = score_model(
+        model,
+        data,
+        eval_data=eval_data,
+        criterion=criterion,
+        convs_only=convs_only,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        compensate=compensate,
+        memory_budget=memory_budget,
+    )
+    return prune_scored(scored, k, round_to, reconstruct=reconstruct)
+
+
+def score_model(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: DataLike | None = None,
+    *,
+    eval_data: DataLike | None = None,
+    criterion: str = "ocnna",
+    convs_only: bool = False,
+    batch_size: int = 64,
+    device: str = "cpu",
+    seed: int = 0,
+    compensate: bool = True,
+    memory_budget: float | None = None,
+) -> Scored:
+    """Load, analyze and score every prunable channel once (the part independent of k)."""
+    if batch_size < 1:
+        raise ParameterError(f"batch size must be at least 1, got {batch_size}")
     importance = (
         get_criterion(criterion, seed=seed) if criterion == "random" else get_criterion(criterion)
     )
@@ -66,37 +136,78 @@ def ocnna(
     _, analysis, dataset = prepare(original, data)
     groups = analysis.prunable(convs_only)
     if not groups:
+        if convs_only and analysis.prunable():
+            raise ModelError("the model has no prunable conv layer (--convs-only)")
         raise ModelError("the model has no prunable channel group" + frozen_hint(analysis))
     timings["analyze_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     source_scores, means = score_sources(
-        analysis, groups, importance, dataset, batch_size, device, compensate
+        analysis, groups, importance, dataset, batch_size, device, compensate, memory_budget
     )
     timings["score_s"] = time.perf_counter() - start
-
     scores = {g.index: group_scores(g, source_scores) for g in groups}
+    settings = {
+        "criterion": criterion,
+        "convs_only": convs_only,
+        "compensate": compensate,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    return Scored(model, analysis, dataset, eval_set, groups, scores, means, settings, timings)
+
+
+def prune_scored(
+    scored: Scored, k: float, round_to: int = 1, reconstruct: bool = False
+) -> PruneResult:
+    """Select at percentile ``k``, rewrite, verify and report, from scores made once."""
+    k = check_k(k)
+    if reconstruct and scored.dataset is None:
+        raise DataError("reconstruction needs data: pass D_var samples (--data)")
+    analysis, scores = scored.analysis, scored.scores
     masks = {index: percentile_mask(s, k, round_to) for index, s in scores.items()}
     keep_nonempty(analysis.cg, analysis.groups, masks, scores)
 
+    timings = dict(scored.timings)
     start = time.perf_counter()
-    pruned = apply_masks(analysis, masks, means)
-    feed = first_feed(dataset) if dataset is not None else zeros_feed(analysis)
+    pruned = apply_masks(analysis, masks, scored.means)
+    recovery = None
+    if scored.dataset is not None:  # refit (or only measure) the layers that lost inputs
+        recover_start = time.perf_counter()
+        pruned, recovery = recover(
+            analysis,
+            pruned,
+            masks,
+            scored.dataset,
+            scored.means or {},
+            refit=reconstruct,
+            batch_size=scored.settings["batch_size"],
+            device=scored.settings.get("device", "cpu"),
+        )
+        timings["recover_s"] = time.perf_counter() - recover_start
+    feed = scored.feed
     verify(pruned, analysis.model, feed)
     timings["rewrite_verify_s"] = time.perf_counter() - start
 
+    settings = scored.settings
     parameters = {
         "k": k,
-        "criterion": criterion,
-        "convs_only": convs_only,
+        "criterion": settings["criterion"],
+        "convs_only": settings["convs_only"],
         "round_to": round_to,
-        "compensate": compensate,
+        "compensate": settings["compensate"],
+        "reconstruct": reconstruct,
     }
+    model = scored.model_arg
     report = build_report("ocnna", parameters, model, analysis, pruned, masks, scores, feed)
-    if eval_set is not None:
+    if recovery is not None:
+        report["recovery"] = recovery
+    if scored.eval_set is not None:
         progress.info("evaluating before/after accuracy")
-        report.update(before_after(analysis.model, pruned, eval_set, batch_size))
-    report["samples"] = 0 if dataset is None else len(dataset)
+        report.update({f"{m}_before": v for m, v in scored.baseline().items()})
+        after = evaluate(pruned, scored.eval_set, settings["batch_size"])
+        report.update({f"{m}_after": v for m, v in after.items()})
+    report["samples"] = 0 if scored.dataset is None else len(scored.dataset)
     report["timings"] = timings
     stamp_provenance(pruned, report, model)
     return PruneResult(pruned, report)

@@ -128,9 +128,9 @@ class GemmRule(Rule):
         if removed is not None:
             weight = constant(node.inputs[1]).astype(np.float64)
             delta = weight @ removed if trans_b else removed @ weight
-            delta *= float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0) or 1.0)
-            if optional_input(node, 2) is None:
+            if optional_input(node, 2) is None:  # the new bias is scaled by beta too
                 node.attrs["beta"] = 1.0
+            delta *= float(node.attrs.get("alpha", 1.0)) / float(node.attrs.get("beta", 1.0) or 1.0)
             _add_to_bias(plan, node, 2, delta.astype(constant(node.inputs[1]).dtype))
         plan.slice_input(node, 1, {trans_b: keep_in, 1 - trans_b: keep_out})
         bias = optional_input(node, 2)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..channel_graph import ChannelGraph
-from ..layout import collapse, expand
+from ..layout import Layout, collapse, expand
 from .base import Rule, constant, int_list, register
 
 if TYPE_CHECKING:
@@ -40,6 +40,14 @@ def _computed_entry(shape_tensor: gs.Tensor, position: int) -> int | None:
     return None
 
 
+def _one_atom(layout: Layout, out_shape: tuple[int, ...]) -> Layout:
+    """A tensor carrying a single channel varies along no axis (e.g. a 1-channel slice
+    flattened into a Gemm): keep it on its axis (or the last one), repeated. The atom is
+    registered as non-empty, so it is never removed and the choice of axis is safe."""
+    axis = layout.axis if 0 < layout.axis < len(out_shape) else len(out_shape) - 1
+    return Layout(axis, np.repeat(layout.atoms[:1], out_shape[axis]))
+
+
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 class ReshapeRule(Rule):
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
@@ -54,6 +62,9 @@ class ReshapeRule(Rule):
             cg.freeze_inputs(node, f"Flatten '{node.name}' merges the batch axis")
             return
         new = collapse(expand(layout, in_shape).reshape(out_shape))
+        if new is None and np.unique(layout.atoms).size == 1 and len(out_shape) > 1:
+            new = _one_atom(layout, out_shape)
+            cg.nonempty.append(layout.atoms[:1])
         reason = None if new is not None else f"{node.op} '{node.name}' spreads channels over axes"
         if new is not None and node.op == "Reshape":
             reason = self._target_problem(node, new.axis)

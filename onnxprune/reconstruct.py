@@ -1,0 +1,382 @@
+"""Stage `reconstruct`: refit the layers that lost input channels so that their outputs on
+D_var match the original model's (least squares, the ThiNet / channel-pruning idea).
+
+Sequential: layer i is fitted on inputs from the pruned network whose earlier layers are
+already refit, against targets (pre-activation outputs) from the original network, so
+errors do not pile up layer after layer. Streamed: every batch adds to the normal
+equations X^T X and X^T Y (float64), so memory is bounded by one batch and the d x d
+statistics, never by the dataset. Convs are solved over im2col patches, one system per
+conv group, so depthwise convs are refit too. The ridge pulls towards the current
+(sliced, mean-compensated) weights rather than towards zero: a layer with more inputs
+than samples (a Flatten -> Gemm head) then stays close to what it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from . import progress
+from .errors import ParameterError
+from .graph.rewrite import Plan
+from .importance.odf2nna import MomentsAccumulator
+from .io import DataLike, Dataset, input_specs, load_data
+from .normal_equations import CHUNK_ELEMENTS, NormalEquations
+from .observe import providers_for, session_with_outputs
+from .refit_layers import (
+    REFIT_OPS,
+    Layer,
+    Skip,
+    channel_axis,
+    input_features,
+    layer_for,
+    output_units,
+    weights_of,
+)
+
+if TYPE_CHECKING:
+    from .analyze import Analysis
+
+#: Ridge strength relative to the mean input variance of each layer.
+DEFAULT_RIDGE = 1e-2
+#: Layers with more regressors per output than this are skipped (a d x d solve each).
+MAX_FEATURES = 8192
+#: Regression rows per regressor a conv layer samples (positions drawn per sample).
+ROWS_PER_INPUT = 256
+
+
+@dataclasses.dataclass
+class LayerFit:
+    """What recovery did for one layer that lost input channels (one report row).
+
+    Errors are relative MSEs of the layer's outputs against the original model's on
+    D_var: mean squared difference / variance of the original outputs (1 - R^2).
+    ``error_before`` is with the sliced (and compensated) weights; ``error_after`` is
+    what the returned model has (equal to it when the layer was not refit).
+    """
+
+    name: str
+    op: str
+    input: str
+    inputs_kept: int
+    inputs_total: int
+    outputs: int
+    compensated: bool = False
+    refit: bool = False
+    error_before: float | None = None
+    error_after: float | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to fit (see ``reconstruct``)."""
+
+    ridge: float = DEFAULT_RIDGE
+    batch_size: int = 64
+    device: str = "cpu"
+    max_features: int = MAX_FEATURES
+    rows_per_input: int | None = ROWS_PER_INPUT
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class FitData:
+    """What every layer's fit reads: the original model, D_var, kept outputs, options."""
+
+    original: onnx.ModelProto
+    dataset: Dataset
+    kept: dict[str, np.ndarray]
+    options: Options
+
+
+# ----------------------------------------------------------------------------- driving
+
+
+def find_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto) -> list[LayerFit]:
+    """Conv/Gemm/MatMul layers of ``pruned`` that read fewer inputs than in ``original``
+    (paired by node name), in topological order."""
+    counts = Counter(n.name for n in original.graph.node)
+    originals = {n.name: n for n in original.graph.node if n.name and counts[n.name] == 1}
+    before, after = weights_of(original), weights_of(pruned)
+    fits = []
+    for node in pruned.graph.node:
+        if node.op_type not in REFIT_OPS or node.name not in originals:
+            continue
+        total = input_features(originals[node.name], before)
+        kept = input_features(node, after)
+        if total is None or kept is None or total == kept:
+            continue
+        units = output_units(node, after)
+        fits.append(LayerFit(node.name, node.op_type, node.input[0], kept, total, units))
+    return fits
+
+
+def kept_outputs(analysis: Analysis, masks: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Layer name -> the original output channels it still produces, for layers that
+    lost outputs under ``masks`` (group index -> keep mask)."""
+    plan = Plan(analysis.cg, analysis.groups, dict(masks))
+    kept = {}
+    for node in analysis.cg.graph.nodes:
+        if node.op in REFIT_OPS:
+            keep = plan.keep(node.outputs[0])
+            if keep is not None:
+                kept[node.name] = np.flatnonzero(keep)
+    return kept
+
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(_subgraph_names(inner))
+    return names
+
+
+def truncated(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """Only the nodes ``names`` need, with ``names`` as outputs: onnxruntime would run
+    every node of the full graph whatever was fetched."""
+    needed, nodes = set(names), []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            nodes.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_names(node))
+    known = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
+    outputs = [known.get(n) or helper.make_empty_tensor_value_info(n) for n in names]
+    graph = helper.make_graph(
+        nodes[::-1],
+        model.graph.name,
+        model.graph.input,
+        outputs,
+        initializer=[i for i in model.graph.initializer if i.name in needed],
+        value_info=[v for v in model.graph.value_info if v.name in needed],
+    )
+    sub = helper.make_model(graph, opset_imports=model.opset_import)
+    sub.ir_version = model.ir_version
+    sub.functions.extend(model.functions)
+    return sub
+
+
+def calm_session(model: onnx.ModelProto, device: str = "cpu") -> ort.InferenceSession:
+    """A session whose idle threads sleep: spinning ones would slow the numpy solves that
+    run between batches."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
+
+
+def _fixed_batch(dataset: Dataset, batch_size: int) -> int:
+    fixed = {spec.shape[0] for spec in dataset.specs if spec.shape and spec.shape[0]}
+    return fixed.pop() if len(fixed) == 1 else batch_size
+
+
+def _out_index(fit: LayerFit, original_units: int, kept: Mapping[str, np.ndarray]):
+    if fit.name in kept:
+        return np.asarray(kept[fit.name])
+    if fit.outputs != original_units:
+        raise Skip("its outputs were pruned too and no kept-output map was given")
+    return np.arange(original_units)
+
+
+def _sample_positions(rows, targets, first: int, positions: int, keep: int, seed: int):
+    """``keep`` random positions of each sample (seeded by the sample's index in the
+    dataset, so the rows do not depend on how the data is batched)."""
+    samples = rows.shape[0] // positions
+    picks = [
+        np.random.default_rng([seed, first + i]).choice(positions, keep, replace=False)
+        for i in range(samples)
+    ]
+    flat = (np.arange(samples)[:, None] * positions + np.sort(picks, axis=1)).reshape(-1)
+    return rows[flat], targets[flat]
+
+
+def _accumulate(layer: Layer, x_name: str, target: str, fit_data: FitData) -> NormalEquations:
+    """Stream D_var through both models once, adding every batch to the normal equations."""
+    w0, _ = layer.current()
+    stats = NormalEquations(layer.groups, w0.shape[1], w0.shape[2])
+    options = fit_data.options
+    x_session = calm_session(truncated(layer.model, [x_name]), options.device)
+    y_session = calm_session(truncated(fit_data.original, [target]), options.device)
+    budget = None if options.rows_per_input is None else options.rows_per_input * w0.shape[1]
+    seen, keep = 0, None
+    for feed in fit_data.dataset.batches(options.batch_size):
+        x = x_session.run([x_name], feed)[0]
+        y = y_session.run([target], feed)[0]
+        one = layer.rows(x[:1])  # the regressors of one sample
+        positions = one.shape[0]
+        if keep is None:
+            keep = positions if budget is None else -(-budget // len(fit_data.dataset))
+        step = max(1, CHUNK_ELEMENTS // max(one.size, 1))
+        for start in range(0, len(x), step):
+            rows = layer.rows(x[start : start + step])
+            targets = layer.targets(y[start : start + step])
+            if rows.shape[0] != targets.shape[0]:
+                raise Skip("its input positions do not line up with its outputs")
+            if keep < positions:
+                first = seen + start
+                rows, targets = _sample_positions(
+                    rows, targets, first, positions, keep, options.seed
+                )
+            stats.update(rows, targets)
+        seen += len(x)
+    return stats
+
+
+def _refit(fit: LayerFit, model: onnx.ModelProto, fit_data: FitData) -> None:
+    original, options = fit_data.original, fit_data.options
+    source = next(n for n in original.graph.node if n.name == fit.name)
+    node = next(n for n in model.graph.node if n.name == fit.name)
+    target = source.output[0]
+    out_index = _out_index(fit, output_units(source, weights_of(original)), fit_data.kept)
+    layer = layer_for(model, node, out_index, target)
+    w0, b0 = layer.current()
+    if w0.shape[1] > options.max_features:
+        raise Skip(f"{w0.shape[1]} inputs per output exceed the limit of {options.max_features}")
+    stats = _accumulate(layer, node.input[0], target, fit_data)
+    w, b = stats.solve(w0, options.ridge)
+    if not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise Skip("the least-squares solution is not finite")
+    fit.error_before = stats.relative_error(w0, b0)
+    fit.error_after = stats.relative_error(w, b)
+    layer.write(w, b)
+    fit.refit = True
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {name for node in model.graph.node for name in _subgraph_names(node)}
+    used |= {value.name for value in model.graph.output}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def reconstruct(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    data: DataLike,
+    *,
+    kept_outputs: Mapping[str, np.ndarray] | None = None,
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 64,
+    device: str = "cpu",
+    max_features: int = MAX_FEATURES,
+    rows_per_input: int | None = ROWS_PER_INPUT,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, list[LayerFit]]:
+    """Refit every layer of ``pruned`` that lost inputs, so its outputs on ``data`` match
+    the same-named layer of ``original`` (pre-activation); layers in graph order.
+
+    ``kept_outputs`` (layer -> original output channels kept; see ``kept_outputs()``) is
+    needed for layers whose outputs were pruned too. A conv with more output positions
+    than it needs uses ``rows_per_input`` x (its inputs) rows, drawn at random per sample
+    (None: every position). Returns a new model and one LayerFit per layer that lost
+    inputs, with the reason where a layer was left as it was.
+    """
+    if ridge < 0:
+        raise ParameterError(f"ridge must be >= 0, got {ridge}")
+    dataset = load_data(data, input_specs(original))
+    options = Options(
+        ridge, _fixed_batch(dataset, batch_size), device, max_features, rows_per_input, seed
+    )
+    fit_data = FitData(original, dataset, dict(kept_outputs or {}), options)
+    model = onnx.ModelProto()
+    model.CopyFrom(pruned)
+    fits = find_consumers(original, model)
+    for fit in progress.track(fits, f"reconstructing {len(fits)} layers", total=len(fits)):
+        try:
+            _refit(fit, model, fit_data)
+        except Skip as reason:
+            fit.reason = str(reason)
+    _drop_unused_initializers(model)
+    return model, fits
+
+
+def measure(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    data: DataLike,
+    *,
+    kept_outputs: Mapping[str, np.ndarray] | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> list[LayerFit]:
+    """The relative output error of every layer that lost inputs, without refitting."""
+    dataset = load_data(data, input_specs(original))
+    batch_size = _fixed_batch(dataset, batch_size)
+    fits = find_consumers(original, pruned)
+    produced = {name for node in pruned.graph.node for name in node.output}
+    sources = {n.name: n for n in original.graph.node}
+    weights = weights_of(original)
+    checks: dict[str, tuple[str, np.ndarray, MomentsAccumulator]] = {}
+    squared: dict[str, float] = {}
+    for fit in fits:
+        target = sources[fit.name].output[0]
+        try:
+            index = _out_index(fit, output_units(sources[fit.name], weights), kept_outputs or {})
+        except Skip as reason:
+            fit.reason = str(reason)
+            continue
+        if target in produced:
+            checks[fit.name] = (target, index, MomentsAccumulator(len(index)))
+            squared[fit.name] = 0.0
+    names = sorted({target for target, _, _ in checks.values()})
+    if names:
+        got_session = session_with_outputs(pruned, names, device)
+        want_session = session_with_outputs(original, names, device)
+        for feed in dataset.batches(batch_size):
+            got = dict(zip(names, got_session.run(names, feed)))
+            want = dict(zip(names, want_session.run(names, feed)))
+            for fit in fits:
+                if fit.name not in checks:
+                    continue
+                target, index, moments = checks[fit.name]
+                axis = channel_axis(fit.op) % want[target].ndim
+                expected = np.take(want[target], index, axis=axis).astype(np.float64)
+                squared[fit.name] += float(np.square(got[target] - expected).sum())
+                moments.update(np.moveaxis(expected, axis, 1))
+    for fit in fits:
+        if fit.name in checks:
+            moments = checks[fit.name][2]
+            spread = float(np.square(moments.std).sum() * moments.count)
+            fit.error_before = fit.error_after = squared[fit.name] / max(spread, 1e-30)
+    return fits
+
+
+def recover(
+    analysis: Analysis,
+    pruned: onnx.ModelProto,
+    masks: Mapping[int, np.ndarray],
+    dataset: Dataset,
+    means: Mapping[str, np.ndarray],
+    *,
+    refit: bool = False,
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> tuple[onnx.ModelProto, list[dict]]:
+    """The pipelines' recovery step after ``rewrite``: refit (or only measure) every layer
+    that lost inputs; report rows say what was compensated, refit, and the error left."""
+    kept = kept_outputs(analysis, masks)
+    options = {"kept_outputs": kept, "batch_size": batch_size, "device": device}
+    if refit:
+        pruned, fits = reconstruct(analysis.model, pruned, dataset, ridge=ridge, **options)
+    else:
+        fits = measure(analysis.model, pruned, dataset, **options)
+    for fit in fits:
+        fit.compensated = fit.input in means
+    return pruned, [fit.as_dict() for fit in fits]

@@ -1,0 +1,185 @@
+"""`onnxprune odf2nna`: both forms, --sweep, outputs, and one clear line per bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import check, run
+from click.testing import CliRunner
+from dense_forms import build_dense, layer_units, sample
+from paths import SHARED_DATA
+
+from onnxprune.cli import main
+from onnxprune.cli.odf2nna import parse_sweep
+from onnxprune.errors import ParameterError
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A dense model whose second hidden layer is linear on the data and varies < 0.1."""
+    model = build_dense(
+        (5, 8, 6, 3),
+        "matmul_add",
+        ["Tanh", "Relu"],
+        weight_scale={1: 0.01},
+        bias_value={1: 3.0},
+        constant_units={0: [2]},
+    )
+    onnx.save(model, str(tmp_path / "mlp.onnx"))
+    x = sample(model, rows=300)
+    y = run(model, x)[0].argmax(axis=1)
+    np.savez(tmp_path / "eval.npz", x=x[:200])
+    np.savez(tmp_path / "test.npz", x=x[200:], y=y[200:])
+    return tmp_path
+
+
+def test_prune_trained_model_writes_model_and_report(workdir):
+    before = _sha(workdir / "mlp.onnx")
+    result = invoke(
+        "odf2nna",
+        workdir / "mlp.onnx",
+        "--epsilon",
+        0.1,
+        "--data",
+        workdir / "eval.npz",
+        "--eval",
+        workdir / "test.npz",
+        "--report",
+        workdir / "r.json",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    assert _sha(workdir / "mlp.onnx") == before
+    pruned = onnx.load(str(workdir / "mlp.odf2nna-e0.1.onnx"))
+    check(pruned)
+    assert layer_units(pruned) == [7, 3]  # the constant unit gone, layer 2 bridged away
+    report = json.loads((workdir / "r.json").read_text())
+    assert report["method"] == "odf2nna" and report["parameters"]["epsilon"] == 0.1
+    assert report["layers_removed"][0]["layers"] == ["dense1"]
+    assert report["accuracy_before"] == 1.0 and report["accuracy_after"] >= 0.98
+    assert "Hidden layers removed" in (workdir / "r.md").read_text()
+
+
+def test_sweep_writes_table_json_and_plot(workdir):
+    result = invoke(
+        "odf2nna",
+        workdir / "mlp.onnx",
+        "--sweep",
+        "0,0.05:0.15:0.05,5",
+        "--data",
+        workdir / "eval.npz",
+        "--eval",
+        workdir / "test.npz",
+        "-o",
+        workdir / "out",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    for epsilon in ("0", "0.05", "0.1", "0.15", "5"):
+        check(onnx.load(str(workdir / f"out-e{epsilon}.onnx")))
+    table = json.loads((workdir / "out-sweep.json").read_text())
+    assert [row["epsilon"] for row in table["rows"]] == [0, 0.05, 0.1, 0.15, 5]
+    params = [row["params_pruned"] for row in table["rows"]]
+    assert params == sorted(params, reverse=True)
+    assert params[0] < table["rows"][0]["params_original"]
+    markdown = (workdir / "out-sweep.md").read_text()
+    assert markdown.count("\n| ") == 1 + 5 and "accuracy PWR" in markdown
+    assert (workdir / "out-sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 5 |" in result.output
+
+
+def test_algorithm_1_from_train_and_test_tables(tmp_path):
+    data = np.load(SHARED_DATA / "iris.npz")
+    order = np.random.default_rng(0).permutation(150)
+    x, y = data["X"][order], data["y"][order]
+    np.savez(tmp_path / "train.npz", X=x[:120], y=y[:120])
+    np.savez(tmp_path / "test.npz", X=x[120:], y=y[120:])
+    args = ["odf2nna", "--train", tmp_path / "train.npz", "--test", tmp_path / "test.npz"]
+    args += ["--layers", 1, "--units", 10, "--epsilon", 0.05, "--epochs", 20, "-q"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    prefix = tmp_path / "train.odf2nna"
+    for suffix in ("original", "pruned-e0.05", "refined-e0.05"):
+        model = onnx.load(f"{prefix}.{suffix}.onnx")
+        check(model)
+        assert run(model, x[120:])[0].shape == (30, 3)
+    report = json.loads(Path(f"{prefix}.report.json").read_text())
+    assert report["architecture"] == "4-10-3" and report["task"] == "classification"
+    assert report["training"]["refine_epochs"] == 3
+    (row,) = report["rows"]
+    assert row["metric"] == "accuracy" and row["refined"] is not None
+    assert Path(f"{prefix}.report.png").exists() and Path(f"{prefix}.report.md").exists()
+    again = invoke(*args)  # outputs exist: refused before any training
+    assert again.exit_code == 5 and "use --force" in again.output
+
+
+def _one_line_error(result, code: int, text: str) -> None:
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and text in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["--epsilon", -0.5, "--data", "eval.npz"], 2, "epsilon must be a finite number >= 0"),
+        (["--sweep", "0.1,-1", "--data", "eval.npz", "--eval", "test.npz"], 2, "epsilon"),
+        (["--sweep", "0.1:x:1", "--data", "eval.npz", "--eval", "test.npz"], 2, "bad --sweep"),
+        (["--data", "eval.npz"], 2, "exactly one of --epsilon and --sweep"),
+        (["--epsilon", 0.1], 2, "needs --data"),
+        (["--sweep", "0.1,0.2", "--data", "eval.npz"], 2, "--sweep needs --eval"),
+        (["--epsilon", 0.1, "--data", "wide.npz"], 4, "expects (N, 5)"),
+        (["--epsilon", 0.1, "--data", "nan.npz"], 4, "NaN"),
+        (["--epsilon", 0.1, "--data", "eval.npz", "--eval", "eval.npz"], 4, "needs a 'y'"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(workdir, args, code, text):
+    np.savez(workdir / "wide.npz", x=np.zeros((4, 7), np.float32))
+    bad = np.load(workdir / "eval.npz")["x"].copy()
+    bad[5, 1] = np.nan
+    np.savez(workdir / "nan.npz", x=bad)
+    before = sorted(p.name for p in workdir.iterdir())
+    args = [workdir / a if str(a).endswith(".npz") else a for a in args]
+    _one_line_error(invoke("odf2nna", workdir / "mlp.onnx", *args), code, text)
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_model_without_prunable_dense_layer_and_form_mixups(workdir):
+    onnx.save(build_dense((5, 3)), str(workdir / "linear.onnx"))
+    before = sorted(p.name for p in workdir.iterdir())
+    result = invoke(
+        "odf2nna", workdir / "linear.onnx", "--epsilon", 0.1, "--data", workdir / "eval.npz"
+    )
+    _one_line_error(result, 3, "no prunable dense layer")
+    result = invoke("odf2nna", "--epsilon", 0.1, "--train", workdir / "eval.npz")
+    _one_line_error(result, 2, "--train and --test")
+    result = invoke(
+        "odf2nna", workdir / "mlp.onnx", "--epsilon", 0.1, "--train", workdir / "eval.npz"
+    )
+    _one_line_error(result, 2, "either MODEL with --data, or --train and --test")
+    result = invoke("odf2nna", workdir / "missing.onnx", "--epsilon", 0.1, "--data", "e.npz")
+    _one_line_error(result, 3, "model file not found")
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_parse_sweep_lists_and_ranges():
+    assert parse_sweep("0.002,0.01") == [0.002, 0.01]
+    assert parse_sweep("0.002:0.026:0.006") == [0.002, 0.008, 0.014, 0.02, 0.026]
+    assert parse_sweep("0.5, 0.1,0.5") == [0.1, 0.5]
+    for bad in ("", "a", "0.3:0.1:0.1", "0:1:0", "-0.1"):
+        with pytest.raises(ParameterError):
+            parse_sweep(bad)
