@@ -179,8 +179,42 @@ def table(setup: dict, rows: list[dict], ks) -> list[str]:
             )
     score_times = {c: min(r["score_s"] for r in rows if r["criterion"] == c) for c in CRITERIA}
     timing = ", ".join(f"{c} {s:.1f} s" for c, s in score_times.items())
-    lines += ["", f"Scoring time (once per criterion, all k): {timing}.", ""]
+    tune = statistics.median(r["finetune_s"] for r in rows)
+    lines += ["", f"Scoring time (once per criterion, all k): {timing}. One fine-tune: "]
+    lines[-1] += f"{tune:.0f} s (median over the cells).\n"
+    lines += [findings("Counted", rows, ks), ""]
     return lines
+
+
+def findings(name: str, rows: list[dict], ks) -> str:
+    """Counted from the table, so the text can never disagree with the numbers."""
+    parts = []
+    for stage, label in (("pruned", "right after pruning"), ("finetuned", "after fine-tune")):
+        key = f"accuracy_{stage}"
+        wins, gaps = 0, []
+        for k in ks:
+            at_k = {r["criterion"]: r for r in rows if r["k"] == k and r["criterion"] != "random"}
+            randoms = [r[key] for r in rows if r["k"] == k and r["criterion"] == "random"]
+            ocnna = at_k["ocnna"][key]
+            wins += all(ocnna >= r[key] for r in at_k.values())
+            if randoms:
+                gaps.append(100 * (ocnna - statistics.mean(randoms)))
+        gap_text = ", ".join(f"{g:+.1f}" for g in gaps)
+        parts.append(
+            f"{label}, OCNNA is the best (or tied) non-random criterion at {wins} of {len(ks)} "
+            f"k values; OCNNA minus the random mean, in points, per k: {gap_text}"
+        )
+    return f"{name}: " + "; ".join(parts) + "."
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _count(path: str) -> str:
@@ -198,7 +232,6 @@ def main() -> int:
     args = parser.parse_args()
     ks = [float(k) for k in args.k.split(",")]
     setups = {"mnist": mnist_setup, "cifar": cifar_setup}
-    started = time.perf_counter()
     sections = []
     for tag in args.datasets.split(","):
         setup = setups[tag]()
@@ -221,10 +254,11 @@ def main() -> int:
         "test images one accuracy has a standard error of about 1 point near 70%, so "
         "differences under ~2 points are noise.",
         "",
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, 2 cores shared with "
+        f"Machine: {platform.machine()}, {_cpu()}, 2 cores shared with "
         f"other jobs; Python {platform.python_version()}, onnxruntime {ort.__version__}, "
-        f"torch {torch.__version__}. Produced by `benchmarks/criteria.py` in "
-        f"{(time.perf_counter() - started) / 60:.1f} min (cached cells are not re-measured).",
+        f"torch {torch.__version__}; the load average was 10-15 during the measured run, so "
+        "times are upper bounds. Produced by `benchmarks/criteria.py`; no reconstruction "
+        "(`--reconstruct` off).",
         "",
     ]
     text = "\n".join(header + sections)

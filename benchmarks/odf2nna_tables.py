@@ -7,12 +7,14 @@ Each dataset runs Algorithm 1 (``onnxprune.odf2nna_from_dataset``): train the st
 MLP with Adam and early stopping, export it, prune it for every epsilon, refine it for
 15% of the epochs, and measure everything on a held-out 20% test split. Tiny datasets are
 repeated over several seeds (split and initialisation) and averaged. Writes
-docs/odf2nna.md and one Figure-7-style plot per dataset (docs/odf2nna-<name>.png).
+docs/odf2nna.md, its figures as docs/odf2nna.json, and one Figure-7-style plot per
+dataset (docs/odf2nna-<name>.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -290,8 +292,8 @@ def machine() -> str:
     )
 
 
-def section(config: Config, seeds: int) -> tuple[str, str]:
-    """Run one dataset: its Markdown section (table, settings, verdicts) and its verdict."""
+def section(config: Config, seeds: int) -> tuple[str, dict]:
+    """Run one dataset: its Markdown section (table, settings, verdicts) and its data."""
     t0 = time.perf_counter()
     rows, per_seed, first = run_dataset(config, seeds)
     seconds = time.perf_counter() - t0
@@ -321,7 +323,8 @@ def section(config: Config, seeds: int) -> tuple[str, str]:
             f"- MSE is on raw targets (test variance {var:.4g}; OR / variance = "
             f"{rows[0]['original'] / var:.4f}); the paper scaled its targets"
         )
-    return "\n".join(lines) + "\n", outcome
+    data = {"verdict": outcome, "rows": rows, "per_seed": per_seed, "seconds": seconds}
+    return "\n".join(lines) + "\n", data
 
 
 def main() -> None:
@@ -336,13 +339,15 @@ def main() -> None:
     started = time.perf_counter()
     header = machine()
     sections, summary = [], ["| table | dataset | claim |", "|---|---|---|"]
+    measured: dict[str, dict] = {}
     for config in CONFIGS:
         if chosen and config.name not in chosen:
             continue
-        text, outcome = section(config, args.seeds or config.seeds)
+        text, data = section(config, args.seeds or config.seeds)
         print(text, flush=True)
         sections.append(text)
-        summary.append(f"| {config.table} | {config.name} | {outcome} |")
+        summary.append(f"| {config.table} | {config.name} | {data['verdict']} |")
+        measured[config.name] = {"table": config.table, "paper": config.paper, **data}
     text = "\n".join(
         [
             "# ODF2NNA: dense networks, from a trained model or from a dataset",
@@ -360,7 +365,9 @@ def main() -> None:
         ]
     )
     Path(args.output).write_text(text)
-    print(f"wrote {args.output}")
+    payload = {"machine": header, "datasets": measured}
+    Path(args.output).with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    print(f"wrote {args.output} and its .json")
 
 
 if __name__ == "__main__":

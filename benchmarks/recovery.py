@@ -10,8 +10,8 @@ benchmarks/train_cifar_cnns.py trains (cached under .cache/recovery/).
 
     python benchmarks/recovery.py [--models mnist_cnn,...] [--ks 20,40,60] [--fresh]
 
-Results are cached per run in .cache/recovery/results.json (an interrupted run resumes);
-the table goes to docs/recovery.md.
+Results are cached per model in .cache/recovery/results-<model>.json (an interrupted run
+resumes; models can run in parallel processes); the table goes to docs/recovery.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from onnxprune.finetune.round_trip import finetune  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
-RESULTS = zoo.CACHE / "results.json"
+RESULTS = zoo.CACHE / "results-{model}.json"  # one file per model: runs can go in parallel
 DVAR_SIZE = 500
 VARIANTS = {
     "OCNNA": {"criterion": "ocnna", "compensate": False},
@@ -100,17 +100,22 @@ def measure(name: str, setup: dict, k: float, variant: str) -> dict:
     }
 
 
-def load_results(fresh: bool) -> dict:
-    if fresh or not RESULTS.exists():
-        return {}
-    return json.loads(RESULTS.read_text())
+def load_results(models: list[str]) -> dict:
+    results = {}
+    for name in models:
+        path = Path(str(RESULTS).format(model=name))
+        if path.exists():
+            results.update(json.loads(path.read_text()))
+    return results
 
 
-def save_results(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(RESULTS)
+def save_results(results: dict, name: str) -> None:
+    path = Path(str(RESULTS).format(model=name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {key: row for key, row in results.items() if key.startswith(name + "|")}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(mine, indent=1))
+    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- table
@@ -258,27 +263,34 @@ def main() -> None:
     parser.add_argument("--ks", default="20,40,60")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    parser.add_argument(
+        "--table-models",
+        default=",".join(DESCRIPTIONS),
+        help="models whose cached results go into the table (default: all)",
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "recovery.md"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     progress.set_quiet(True)
     models, ks = args.models.split(","), [float(k) for k in args.ks.split(",")]
-    results = load_results(args.fresh)
+    results = {} if args.fresh else load_results(models)
     for name in models:
-        setup = task(name)
+        setup = None
         for k in ks:
             for variant in args.variants.split(","):
                 key = f"{name}|{k:g}/{variant}"
                 if key not in results:
+                    setup = setup or task(name)
                     results[key] = measure(name, setup, k, variant)
-                    save_results(results)
+                    save_results(results, name)
                 row = results[key]
                 print(
                     f"{name} k={k:g} {variant}: pruned {pct(row['pruned'])} "
                     f"finetuned {pct(row['finetuned'])} (orig {pct(row['original'])})",
                     flush=True,
                 )
-    write_markdown(results, models, ks, Path(args.out))
+    table_models = args.table_models.split(",")
+    write_markdown(load_results(table_models), table_models, ks, Path(args.out))
     print(f"wrote {args.out}")
 
 

@@ -40,6 +40,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
                     "channels": source.size,
                     "params": params,
                     "macs": macs.get(source.name, 0),
+                    "flops": 2 * macs.get(source.name, 0),
                     "watched": source.watched,
                 }
             )
@@ -57,6 +58,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
         "model": str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>",
         "params": count_params(analysis.model),
         "macs": int(sum(macs.values())),
+        "flops": 2 * int(sum(macs.values())),
         "groups": groups,
         "prunable_groups": sum(1 for g in groups if g["prunable"]),
         "conv_params_prunable_ratio": conv_prunable / conv_total if conv_total else 0.0,
@@ -68,7 +70,7 @@ def print_inspection(info: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"channel groups of {info['model']}")
-    for column in ("group", "layers", "kind", "channels", "params", "MACs", "prunable / why not"):
+    for column in ("group", "layers", "kind", "channels", "params", "FLOPs", "prunable / why not"):
         table.add_column(column)
     for group in info["groups"]:
         names = "\n".join(layer["name"] for layer in group["layers"])
@@ -77,14 +79,14 @@ def print_inspection(info: dict) -> None:
             names,
             group["kind"],
             str(group["channels"]),
-            f"{sum(m['params'] for m in group['layers']):,}",
-            f"{sum(m['macs'] for m in group['layers']):,}",
+            "\n".join(f"{m['params']:,}" for m in group["layers"]),  # one line per layer
+            "\n".join(f"{m['flops']:,}" for m in group["layers"]),
             "yes" if group["prunable"] else f"no: {group['reason']}",
         )
     console = Console()
     console.print(table)
     console.print(
-        f"params {info['params']:,}  MACs {info['macs']:,}  prunable groups "
+        f"params {info['params']:,}  FLOPs {info['flops']:,}  prunable groups "
         f"{info['prunable_groups']}/{len(info['groups'])}  conv params in prunable "
         f"groups {100 * info['conv_params_prunable_ratio']:.1f}%"
     )

@@ -176,7 +176,7 @@ def checked_session(
     names: Sequence[str],
     probe: dict[str, np.ndarray],
     reference: Sequence[np.ndarray],
-    device: str,
+    providers: list[str],
 ) -> ort.InferenceSession:
     """A fully optimised session, kept only if its exposed values match ``reference``.
 
@@ -184,14 +184,13 @@ def checked_session(
     optimisers are meant to leave graph outputs intact; this one-sample self-check keeps
     a regression in them from silently corrupting scores (fallback: no optimisation).
     """
-    providers = providers_for(device)
     level = ort.GraphOptimizationLevel
-    session = session_with_outputs(model, names, device, level.ORT_ENABLE_ALL, providers, False)
+    session = session_with_outputs(model, names, "cpu", level.ORT_ENABLE_ALL, providers, False)
     tolerance = SELF_CHECK_TOLERANCE.get(providers[0], 1e-2)
     if _agrees(session.run(list(names), probe), reference, tolerance):
         return session
     progress.info("note: optimised onnxruntime graph changed watched values; not optimising")
-    return session_with_outputs(model, names, device, level.ORT_DISABLE_ALL, providers, False)
+    return session_with_outputs(model, names, "cpu", level.ORT_DISABLE_ALL, providers, False)
 
 
 def _feed_sinks(sinks: Sinks, names: Sequence[str], values: Sequence[np.ndarray]) -> None:
@@ -286,10 +285,11 @@ def observe(
         passes = plan_passes(names, sizes, batch_size, memory_budget)
     # scoring cost grows with a map's side (Gram and spectrum), not only its size
     costs = {name: sizes[name] * min(value.shape[-2:]) for name, value in expected.items()}
+    providers = providers_for(device)  # says once when CUDA is missing
     for number, watched in enumerate(passes, 1):
         graph = model if len(passes) == 1 else backward_slice(model, watched)
         want = [expected[name] for name in watched]
-        session = checked_session(graph, watched, probe, want, device)
+        session = checked_session(graph, watched, probe, want, providers)
         label = description if len(passes) == 1 else f"{description}, pass {number}/{len(passes)}"
         total = dataset.num_batches(batch_size)
         batches = progress.track(dataset.batches(batch_size), label, total=total)

@@ -23,7 +23,7 @@ from .errors import ModelError, OnnxPruneError, ParameterError
 from .io import DataLike, Dataset, input_specs, load_data, load_model, model_hash
 from .metrics import evaluate, measure
 from .normalize import normalize
-from .pipeline import PruneResult, first_feed
+from .pipeline import PruneResult
 from .verify import verify
 
 SCHEME = "int8 static QDQ, per-channel symmetric weights, MinMax-calibrated activations"
@@ -58,10 +58,15 @@ def _quiet_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
-def model_batch(dataset: Dataset, batch_size: int) -> int:
-    """The batch to feed: a model whose inputs have a fixed batch size gets exactly that."""
+def fixed_batch(dataset: Dataset) -> int | None:
+    """The batch size a model's inputs insist on, if they do (old model-zoo graphs)."""
     fixed = {spec.shape[0] for spec in dataset.specs if spec.shape and spec.shape[0]}
-    return fixed.pop() if len(fixed) == 1 else batch_size
+    return fixed.pop() if len(fixed) == 1 else None
+
+
+def sample_feed(dataset: Dataset, count: int = 1) -> dict[str, np.ndarray]:
+    """``count`` samples (for latency: one), or one whole batch for fixed-batch models."""
+    return next(dataset.batches(fixed_batch(dataset) or min(count, len(dataset))))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -96,10 +101,10 @@ def quantize_int8(
         raise ParameterError(f"calibration samples must be at least 1, got {calibration_samples}")
     source = normalize(load_model(model))
     dataset = load_data(data, input_specs(source))
-    batch_size = model_batch(dataset, batch_size)
     count = len(dataset) if calibration_samples is None else min(calibration_samples, len(dataset))
-    if batch_size != model_batch(dataset, 0):  # fixed batch: whole batches only
-        count = max(batch_size, count - count % batch_size)
+    fixed = fixed_batch(dataset)
+    if fixed:  # whole batches of the model's own size only
+        batch_size, count = fixed, max(fixed, count - count % fixed)
     progress.info(f"quantizing to INT8 (calibration on {count} samples)")
     with tempfile.TemporaryDirectory(prefix="onnxprune-int8-") as tmp, _quiet_logging():
         path = Path(tmp) / "float.onnx"
@@ -124,7 +129,7 @@ def quantize_int8(
         except Exception as exc:
             raise ModelError(f"cannot quantize the model to INT8: {_first_line(exc)}") from exc
         quantized = onnx.load(str(output))
-    verify(quantized, source, next(dataset.batches(min(batch_size, 8))))
+    verify(quantized, source, sample_feed(dataset, 8))
     _stamp(quantized, source, model, count)
     return quantized
 
@@ -180,7 +185,7 @@ def add_int8(
         result.model, dataset, batch_size=batch_size, calibration_samples=calibration_samples
     )
     report = result.report
-    feed = first_feed(dataset)
+    feed = sample_feed(dataset)
     eval_set = None
     if eval_data is not None:
         eval_set = load_data(eval_data, input_specs(result.model), require_labels=True)
@@ -241,7 +246,7 @@ def quantize(
         calibration_samples=calibration_samples,
         preprocess=preprocess,
     )
-    feed = first_feed(dataset)
+    feed = sample_feed(dataset)
     rows = []
     for name, candidate in (("original", original), ("int8", quantized)):
         quality = {} if eval_set is None else evaluate(candidate, eval_set, batch_size)

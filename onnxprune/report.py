@@ -56,14 +56,19 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
         if f"{metric}_before" in report:
             before, after = report[f"{metric}_before"], report[f"{metric}_after"]
             fmt = (lambda v: f"{100 * v:.2f}%") if metric == "accuracy" else (lambda v: f"{v:.5g}")
-            rows.append((metric, fmt(before), fmt(after), f"{after - before:+.4f}"))
+            rows.append((metric, fmt(before), fmt(after), _change(metric, after, before)))
     for metric in ("accuracy", "mse"):
         if f"{metric}_finetuned" in report:
             value = report[f"{metric}_finetuned"]
             text = f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.5g}"
-            change = value - report.get(f"{metric}_before", value)
-            rows.append((f"{metric} after fine-tune", "", text, f"{change:+.4f}"))
+            change = _change(metric, value, report.get(f"{metric}_before", value))
+            rows.append((f"{metric} after fine-tune", "", text, change))
     return rows
+
+
+def _change(metric: str, after: float, before: float) -> str:
+    """Accuracy moves in percentage points; an error is compared as a ratio."""
+    return f"{100 * (after - before):+.2f} pt" if metric == "accuracy" else _ratio(after, before)
 
 
 def to_markdown(report: dict) -> str:

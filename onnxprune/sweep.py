@@ -168,6 +168,8 @@ def sweep_ocnna(
             seed=seed,
             device=device,
         )
+        if tuned is None:
+            raise ParameterError("run sweeps with --finetune in one process, not under torchrun")
         tuned.metadata_props.extend(result.model.metadata_props)
         result.model = tuned
         result.report.update(extra)

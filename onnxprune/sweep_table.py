@@ -138,16 +138,19 @@ def plot_png(rows: list[dict], title: str) -> bytes:
         labels: dict[int, list[dict]] = {}  # epsilons giving the same size share a label
         for p, row in zip(params, ordered):
             labels.setdefault(p, []).append(row)
-        for p, same in labels.items():
+        for turn, (p, same) in enumerate(labels.items()):
             value = same[0]["refined"] if same[0]["refined"] is not None else same[0]["pruned"]
-            if value is not None:
+            if value is not None:  # alternate above / below so neighbours do not collide
                 ax.annotate(
                     "ε=" + ", ".join(f"{r['epsilon']:g}" for r in same),
                     (p, value * scale),
                     textcoords="offset points",
-                    xytext=(4, 6),
+                    xytext=(4, 7 if turn % 2 == 0 else -13),
                     fontsize=8,
                 )
+        sizes = [*params, rows[0]["params_original"]]
+        if min(sizes) > 0 and max(sizes) / min(sizes) > 20:
+            ax.set_xscale("log")
         values = [r[k] for r in rows for k in ("original", "pruned", "refined") if r[k]]
         if metric == "mse" and values and max(values) / max(min(values), 1e-300) > 50:
             ax.set_yscale("log")

@@ -56,6 +56,10 @@ def kill(
             _zero(node.inputs[1], 0, positions)
             if len(node.inputs) > 2:
                 _zero(node.inputs[2], 0, positions)
+        elif node.op == "ConvTranspose":  # weight (C_in, C_out, k...): outputs on axis 1
+            _zero(node.inputs[1], 1, positions)
+            if len(node.inputs) > 2:
+                _zero(node.inputs[2], 0, positions)
         elif node.op == "Gemm":
             _zero(node.inputs[1], 0 if node.attrs.get("transB", 0) else 1, positions)
             if len(node.inputs) > 2:

@@ -41,6 +41,10 @@ STEPS = (
     "shuffle",
     "nhwc",
     "center",
+    "upconv",
+    "lrn",
+    "instnorm",
+    "chanmix",
 )
 HEADS = ("gap_gemm", "flatten_gemm", "nhwc_matmul", "reduce_gemm", "feature_map")
 
@@ -61,6 +65,13 @@ class Net:
     nodes: list = field(default_factory=list)
     inits: list = field(default_factory=list)
     tensors: list[Tensor] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, channels: int, side: int, seed: int = 0) -> tuple[Net, Tensor]:
+        """A new graph with an (N, channels, side, side) input named ``input``."""
+        net = cls(np.random.default_rng(seed))
+        net.tensors.append(Tensor("input", channels, side, side))
+        return net, net.tensors[0]
 
     def name(self, kind: str) -> str:
         return f"{kind}_{len(self.nodes)}"
@@ -92,10 +103,11 @@ class Net:
         inputs = [x.name, self.const("w", self.weight(out, x.c // group, k, k))]
         if bias:
             inputs.append(self.const("b", self.small(out)))
-        (y,) = self.node(
-            "Conv", inputs, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride] * 2, group=group
-        )
-        return Tensor(y, out, (x.h + 2 * (k // 2) - k) // stride + 1, (x.w + 2 * (k // 2) - k) // stride + 1)
+        pad = k // 2
+        attrs = {"kernel_shape": [k, k], "pads": [pad] * 4, "strides": [stride] * 2}
+        (y,) = self.node("Conv", inputs, group=group, **attrs)
+        side = lambda n: (n + 2 * pad - k) // stride + 1  # noqa: E731
+        return Tensor(y, out, side(x.h), side(x.w))
 
     def bn(self, x: Tensor) -> Tensor:
         params = [self.positive(x.c), self.small(x.c), self.small(x.c), self.positive(x.c)]
@@ -124,6 +136,21 @@ class Net:
     def transpose(self, x: str, perm: list[int]) -> str:
         return self.node("Transpose", [x], perm=perm)[0]
 
+    def model(self, outputs: list[tuple[str, list]], opset: int = 17) -> onnx.ModelProto:
+        """A checked model from input ``self.tensors[0]`` to ``outputs`` (name, shape)."""
+        x = self.tensors[0]
+        graph = helper.make_graph(
+            self.nodes,
+            "fuzz",
+            [helper.make_tensor_value_info(x.name, TensorProto.FLOAT, ["N", x.c, x.h, x.w])],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+            self.inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
     def gemm(self, x: str, features: int, units: int) -> str:
         trans_b = int(self.rng.integers(2))
         w = self.weight(units, features)
@@ -131,6 +158,11 @@ class Net:
         return self.node(
             "Gemm", [x, self.const("fc", w), self.const("fcb", self.small(units))], transB=trans_b
         )[0]
+
+
+def producer(tensor: Tensor) -> str:
+    """Name of the node that made ``tensor`` (what reports and analyses call a layer)."""
+    return tensor.name.rsplit("_out", 1)[0]
 
 
 def _pick(net: Net, index: int) -> Tensor:
@@ -212,6 +244,24 @@ def apply_step(net: Net, step: tuple, acts: tuple[str, ...]) -> None:
         nhwc = net.transpose(x.name, [0, 2, 3, 1])
         (y,) = net.node("Relu", [nhwc])
         new.append(Tensor(net.transpose(y, [0, 3, 1, 2]), x.c, x.h, x.w))
+    elif kind == "upconv" and x.h <= 8:  # ConvTranspose 2x2 stride 2 (decoder upsampling)
+        weight = net.const("wt", net.weight(x.c, size, 2, 2))
+        (y,) = net.node("ConvTranspose", [x.name, weight], kernel_shape=[2, 2], strides=[2, 2])
+        new.append(Tensor(y, size, 2 * x.h, 2 * x.w))
+    elif kind == "lrn":  # mixes neighbouring channels: a barrier
+        (y,) = net.node("LRN", [x.name], size=3)
+        new.append(Tensor(y, x.c, x.h, x.w))
+    elif kind == "instnorm":
+        scale, shift = net.const("is", net.positive(x.c)), net.const("ib", net.small(x.c))
+        (y,) = net.node("InstanceNormalization", [x.name, scale, shift])
+        new.append(Tensor(y, x.c, x.h, x.w))
+    elif kind == "chanmix":  # Softmax or a mean over the channel axis: barriers
+        if flag:
+            (y,) = net.node("Softmax", [x.name], axis=1)
+            new.append(Tensor(y, x.c, x.h, x.w))
+        else:
+            (y,) = net.node("ReduceMean", [x.name], axes=[1], keepdims=1)
+            new.append(Tensor(y, 1, x.h, x.w))
     elif kind == "center":  # x - mean over H, W: an activation joined with its own reduction
         (mean,) = net.node("ReduceMean", [x.name], axes=[2, 3], keepdims=1)
         new.append(net.binary("Sub", x, Tensor(mean, x.c, 1, 1)))
@@ -246,9 +296,7 @@ def apply_head(net: Net, head: str, x: Tensor, units: int, hidden: bool) -> tupl
 
 def build_model(arch: dict) -> onnx.ModelProto:
     """The ONNX model (opset 17) of an architecture drawn by ``architectures``."""
-    net = Net(np.random.default_rng(arch["seed"]))
-    c, side = arch["input"]
-    net.tensors.append(Tensor("input", c, side, side))
+    net, _ = Net.start(*arch["input"], seed=arch["seed"])
     net.tensors.append(net.conv(net.tensors[0], arch["stem"], 3, 1, bias=arch["seed"] % 2 == 0))
     acts = ZERO_PRESERVING_ACTS if arch["zero_preserving"] else ZERO_PRESERVING_ACTS + OTHER_ACTS
     for step in arch["steps"]:
@@ -256,24 +304,12 @@ def build_model(arch: dict) -> onnx.ModelProto:
     last = net.tensors[-1]
     output, shape = apply_head(net, arch["head"], last, arch["units"], arch["hidden"])
     (final,) = net.node("Identity", [output])
-    outputs = [helper.make_tensor_value_info(final, TensorProto.FLOAT, shape)]
+    outputs = [(final, shape)]
     if arch["second_output"] and len(net.tensors) > 2:
         extra = net.tensors[len(net.tensors) // 2]
         (copy,) = net.node("Identity", [extra.name])
-        outputs.append(
-            helper.make_tensor_value_info(copy, TensorProto.FLOAT, ["N", extra.c, extra.h, extra.w])
-        )
-    graph = helper.make_graph(
-        net.nodes,
-        "fuzz",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, side, side])],
-        outputs,
-        net.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+        outputs.append((copy, ["N", extra.c, extra.h, extra.w]))
+    return net.model(outputs)
 
 
 @st.composite
@@ -297,3 +333,9 @@ def architectures(draw, zero_preserving: bool = False, max_steps: int = 10) -> d
         "second_output": draw(st.booleans()),
         "zero_preserving": zero_preserving,
     }
+
+
+def finish(net: Net, x: Tensor, head: str = "gap_gemm", units: int = 3) -> onnx.ModelProto:
+    """A hand-written graph's classifier head and model (for the topology tests)."""
+    output, shape = apply_head(net, head, x, units, hidden=False)
+    return net.model([(output, shape)])

@@ -628,6 +628,7 @@ def test_every_registered_op_has_a_case() -> None:
             "Floor",
             "Ceil",
             "Not",
+            "IsNaN",  # bool output; covered by test_isnan_imputation_matches_onnxruntime
             "Greater",
             "Less",
             "Mean",
@@ -1107,3 +1108,21 @@ def test_input_model_is_not_modified() -> None:
     before = model.SerializeToString()
     onnx_to_torch(model)
     assert model.SerializeToString() == before
+
+
+def test_isnan_imputation_matches_onnxruntime() -> None:
+    """The MLPs onnxprune builds impute NaN in the graph: IsNaN -> Where -> Sub."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])
+    mean = numpy_helper.from_array(np.array([0.5, -1.0, 2.0], np.float32), "mean")
+    nodes = [
+        helper.make_node("IsNaN", ["x"], ["missing"]),
+        helper.make_node("Where", ["missing", "mean", "x"], ["filled"]),
+        helper.make_node("Sub", ["filled", "mean"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "impute", [x], [y], [mean])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = f32(4, 3)
+    data[1, 2] = np.nan
+    data[3, 0] = np.nan
+    assert_matches_ort(model, {"x": data})

@@ -157,11 +157,12 @@ def test_optimised_session_is_replaced_when_it_disagrees_with_the_reference(buil
     names = list(watched)
     probe = {k: v[:1] for k, v in feed.items()}
     truth = list(_unoptimised(analysis.model, probe, names).values())
-    good = checked_session(analysis.model, names, probe, truth, "cpu")
+    cpu = ["CPUExecutionProvider"]
+    good = checked_session(analysis.model, names, probe, truth, cpu)
     level = ort.GraphOptimizationLevel
     assert good.get_session_options().graph_optimization_level == level.ORT_ENABLE_ALL
     wrong = [value + 1.0 for value in truth]  # what a broken optimiser would look like
-    fallback = checked_session(analysis.model, names, probe, wrong, "cpu")
+    fallback = checked_session(analysis.model, names, probe, wrong, cpu)
     assert fallback.get_session_options().graph_optimization_level == DISABLE_ALL
 
 
@@ -180,6 +181,22 @@ def test_cuda_request_without_a_gpu_falls_back_to_cpu_with_one_notice(capsys):
         ]
     l1 = get_criterion("l1")
     assert for_run(l1, "cuda", 10, 10) is l1
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="a GPU is present"
+)
+def test_scoring_with_cuda_requested_says_so_once_and_scores_as_on_cpu(built_model, capsys):
+    analysis, watched, dataset, _ = _setup(built_model("resnet_basic"))
+    groups = analysis.prunable()
+    budget = _tight_budget(analysis.model, watched, 6)  # several passes, one notice
+    cpu, _ = score_sources(analysis, groups, OCNNA(), dataset, 6, "cpu", False, budget)
+    capsys.readouterr()
+    cuda, _ = score_sources(analysis, groups, OCNNA(), dataset, 6, "cuda", False, budget)
+    err = capsys.readouterr().err
+    assert err.count("CUDA is not available to onnxruntime") == 1
+    for name in cpu:
+        np.testing.assert_allclose(cuda[name], cpu[name], rtol=1e-5, atol=1e-7)
 
 
 def test_torch_spectra_path_matches_the_numpy_one():

@@ -224,3 +224,34 @@ def test_algorithm_1_regression_and_bad_tables():
         odf2nna_from_dataset({"y": y}, test, 0.1)
     with pytest.raises(ParameterError, match="epsilon"):
         odf2nna_from_dataset(train, test, [0.1, -1.0])
+
+
+@pytest.mark.parametrize("form", ["gemm_tb1", "gemm_tb0"])
+def test_output_rescaling_folds_into_the_final_gemm(form):
+    """The regression refine trains on standardised targets: y' = s * y + t, exactly."""
+    from onnxprune.methods.odf2nna_dataset import _scale_output
+
+    model = build_dense((5, 8, 2), form)
+    x = sample(model)
+    scale, shift = np.array([2.5e-4, 3.0]), np.array([-1.0, 7.0])
+    scaled = _scale_output(model, scale, shift)
+    check(scaled)
+    np.testing.assert_allclose(run(scaled, x)[0], run(model, x)[0] * scale + shift, rtol=1e-5)
+    back = _scale_output(scaled, 1 / scale, -shift / scale)
+    np.testing.assert_allclose(run(back, x)[0], run(model, x)[0], rtol=1e-4, atol=1e-5)
+    assert len(back.graph.initializer) == len(model.graph.initializer)
+
+
+def test_sweep_observes_once_and_matches_single_runs():
+    from onnxprune.methods.odf2nna import odf2nna_sweep
+
+    model = build_dense((5, 12, 8, 3), "matmul_add", ["Tanh", "Elu"], seed=4)
+    x = sample(model)
+    epsilons = [0.0, 0.2, 0.4, 1e6]
+    swept = odf2nna_sweep(model, epsilons, x)
+    assert len({r.report["timings"]["score_s"] for r in swept}) == 1  # one pass
+    for epsilon, result in zip(epsilons, swept):
+        single = odf2nna(model, epsilon, x)
+        assert layer_units(result.model) == layer_units(single.model)
+        np.testing.assert_array_equal(run(result.model, x)[0], run(single.model, x)[0])
+    assert layer_units(swept[-1].model) == [3]  # both hidden layers bridged away

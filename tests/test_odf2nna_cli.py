@@ -145,6 +145,8 @@ def _one_line_error(result, code: int, text: str) -> None:
         (["--epsilon", 0.1, "--data", "wide.npz"], 4, "expects (N, 5)"),
         (["--epsilon", 0.1, "--data", "nan.npz"], 4, "NaN"),
         (["--epsilon", 0.1, "--data", "eval.npz", "--eval", "eval.npz"], 4, "needs a 'y'"),
+        (["--epsilon", 0.1, "--data", "eval.npz", "-o", "x.json"], 2, "must end in .onnx"),
+        (["--epsilon", 0.1, "--data", "eval.npz", "--report", "r.md"], 2, "must end in .json"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir, args, code, text):

@@ -201,13 +201,22 @@ def test_quantize_command(workdir):
     assert _sha(workdir / "b.onnx") == _sha(workdir / "model.int8.onnx")
 
 
-def test_quantize_residual_net_keeps_outputs_close(built_model, tmp_path):
-    model = built_model("resnet_basic")
-    x = np.random.default_rng(0).standard_normal((48, 3, 32, 32)).astype(np.float32)
-    quantized = quantize_int8(model, x, batch_size=16)
+@pytest.mark.parametrize(
+    "name",
+    ["resnet_basic", "mobilenet_v2_like", "nhwc_style", "old_zoo_style", "mlp", "conv1d_net"],
+)
+def test_quantize_any_architecture_keeps_outputs_close(built_model, name):
+    """Residual adds, depthwise convs, tf2onnx NHWC graphs, a fixed-batch opset-9 model,
+    dense-only and 1-D convs all quantize to a valid model close to the float one."""
+    model = built_model(name)
+    spec = onnxprune.io.input_specs(model)[0]
+    shape = tuple(d or 1 for d in spec.shape[1:])
+    x = np.random.default_rng(0).standard_normal((24, *shape)).astype(np.float32)
+    quantized = quantize_int8(model, x, batch_size=8)
     check(quantized)
-    name = model.graph.input[0].name
-    ref = next(iter(run(model, {name: x[:8]}).values()))
-    got = next(iter(run(quantized, {name: x[:8]}).values()))
+    assert [i.name for i in quantized.graph.input] == [spec.name]
+    batch = spec.shape[0] or 8
+    ref = next(iter(run(model, {spec.name: x[:batch]}).values()))
+    got = next(iter(run(quantized, {spec.name: x[:batch]}).values()))
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()

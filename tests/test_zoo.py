@@ -20,8 +20,8 @@ from dead import kill
 
 from onnxprune.analyze import analyze
 from onnxprune.inspection import inspect
-from onnxprune.metrics import count_params
 from onnxprune.methods.ocnna import Scored, prune_scored, score_model
+from onnxprune.metrics import count_params
 from onnxprune.pipeline import apply_masks
 from onnxprune.verify import run, verify
 

@@ -10,7 +10,13 @@ import click
 from .. import progress
 from ..errors import ParameterError
 from . import main
-from .common import check_outputs, default_output, handle_errors
+from .common import (
+    check_outputs,
+    check_suffix,
+    default_output,
+    handle_errors,
+    rollback_on_error,
+)
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -128,7 +134,7 @@ def odf2nna(model, train_data, test_data, **options) -> None:
 
 def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
     from ..io import save_model
-    from ..methods.odf2nna import odf2nna
+    from ..methods.odf2nna import odf2nna_sweep
     from ..sweep_table import sweep_paths, sweep_row, to_markdown, write_sweep
 
     force = options["force"]
@@ -145,20 +151,23 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
             Path(options["output"] or default_output(model, f"odf2nna-{eps_tag(epsilons[0])}"))
         ]
         reports = [Path(options["report_path"])] if options["report_path"] else []
+        check_suffix(outputs[0], ".onnx", "-o")
+    check_suffix(
+        Path(options["report_path"]) if options["report_path"] else None, ".json", "--report"
+    )
     check_outputs([*outputs, *reports], force, model)
     epochs = options["epochs"] or 3
     batch_size = options["batch_size"] or 64
-    results = []
-    for epsilon in epsilons:
-        result = odf2nna(
-            model,
-            epsilon,
-            options["data"],
-            eval_data=options["eval_data"],
-            batch_size=batch_size,
-            device=options["device"],
-            bridge=not options["no_bridge"],
-        )
+    results = odf2nna_sweep(
+        model,
+        epsilons,
+        options["data"],
+        eval_data=options["eval_data"],
+        batch_size=batch_size,
+        device=options["device"],
+        bridge=not options["no_bridge"],
+    )
+    for result in results:
         if options["finetune_data"] is not None:
             from ..finetune.round_trip import carry_metadata, finetune
 
@@ -172,21 +181,25 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
                 seed=options["seed"],
                 device=options["device"],
             )
+            if tuned is None:  # a torchrun rank other than 0: rank 0 writes the outputs
+                return
             carry_metadata(tuned, result.model)
             result.model = tuned
             result.report.update(extra)
-        results.append(result)
     if not sweep:
         from ..api_io import save_outputs
 
-        save_outputs(results[0], outputs[0], reports[0] if reports else None, force)
+        written = [*outputs, *reports, *(r.with_suffix(".md") for r in reports)]
+        with rollback_on_error(written):
+            save_outputs(results[0], outputs[0], reports[0] if reports else None, force)
         _say_removed(results[0].report)
         return
-    for result, path in zip(results, outputs):
-        save_model(result.model, path, force=force)
     rows = [sweep_row(r.report) for r in results]
     title = f"ODF2NNA sweep of {Path(model).name}"
-    write_sweep(rows, table, title, {"reports": [r.report for r in results]}, force=force)
+    with rollback_on_error([*outputs, *reports]):
+        for result, path in zip(results, outputs):
+            save_model(result.model, path, force=force)
+        write_sweep(rows, table, title, {"reports": [r.report for r in results]}, force=force)
     click.echo(to_markdown(rows, title))
     progress.info(f"wrote {len(outputs)} models and {table} (+ .md, .png)")
 
@@ -204,6 +217,7 @@ def _from_dataset(train: str, test: str, epsilons: list[float], options: dict) -
     pruned_paths = [Path(f"{prefix}.pruned-{eps_tag(e)}.onnx") for e in epsilons]
     refined_paths = [Path(f"{prefix}.refined-{eps_tag(e)}.onnx") for e in epsilons]
     table = Path(options["report_path"] or f"{prefix}.report.json")
+    check_suffix(table, ".json", "--report")
     paths = [original_path, *pruned_paths, *refined_paths, *sweep_paths(table)]
     for source in (train, test):
         check_outputs(paths, force, source)
@@ -224,15 +238,16 @@ def _from_dataset(train: str, test: str, epsilons: list[float], options: dict) -
         device=options["device"],
         verbose=not progress.is_quiet(),
     )
-    save_model(result.original, original_path, force=force)
-    for run, pruned_path, refined_path in zip(result.runs, pruned_paths, refined_paths):
-        save_model(run.pruned, pruned_path, force=force)
-        save_model(run.refined, refined_path, force=force)
     rows = result.report["rows_by_epsilon"]
     title = f"ODF2NNA on {Path(train).name} ({result.report['task']})"
     context = {k: v for k, v in result.report.items() if k != "rows_by_epsilon"}
     context["reports"] = [run.report for run in result.runs]
-    write_sweep(rows, table, title, context, force=force)
+    with rollback_on_error(paths):
+        save_model(result.original, original_path, force=force)
+        for run, pruned_path, refined_path in zip(result.runs, pruned_paths, refined_paths):
+            save_model(run.pruned, pruned_path, force=force)
+            save_model(run.refined, refined_path, force=force)
+        write_sweep(rows, table, title, context, force=force)
     click.echo(to_markdown(rows, title))
     progress.info(f"wrote {original_path}, {2 * len(result.runs)} pruned/refined models, {table}")
 

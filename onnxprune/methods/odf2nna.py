@@ -6,13 +6,16 @@ layer's bias) -> bridge (hidden layers left without units are removed and their
 neighbours joined by least squares) -> verify -> report.
 
 ``odf2nna_from_dataset`` (Algorithm 1 of the paper, building and training the starting
-MLP first) lives in ``odf2nna_dataset.py`` and calls ``odf2nna`` for the pruning.
+MLP first) lives in ``odf2nna_dataset.py`` and calls ``odf2nna_sweep`` for the pruning.
+A sweep over epsilons observes the model once and prunes it once per epsilon.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -24,7 +27,7 @@ from ..graph.bridge import BridgeSite, bridge_all, find_site
 from ..graph.groups import ChannelGroup
 from ..graph.rewrite import Plan
 from ..importance import ODF2NNA
-from ..io import DataLike, input_specs, load_data, load_model
+from ..io import DataLike, Dataset, input_specs, load_data, load_model
 from ..pipeline import (
     PruneResult,
     apply_masks,
@@ -42,6 +45,59 @@ from ..verify import verify
 def dense_groups(analysis: Analysis) -> list[ChannelGroup]:
     """Prunable groups made only of dense units (Gemm/MatMul): ODF2NNA's hidden layers."""
     return [g for g in analysis.prunable() if all(s.kind == "dense" for s in g.sources)]
+
+
+@dataclass
+class Observed:
+    """What one observation pass learned: every hidden unit's std and mean over the data.
+
+    Any number of epsilons can then be applied without running the model again.
+    """
+
+    model_arg: object
+    analysis: Analysis
+    dataset: Dataset
+    eval_set: Dataset | None
+    groups: list[ChannelGroup]
+    scores: dict[int, np.ndarray]  # group index -> per-unit std
+    means: dict[str, np.ndarray] | None  # consumer input -> per-unit mean (compensation)
+    timings: dict[str, float]
+
+
+def observe_units(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: DataLike | None,
+    *,
+    eval_data: DataLike | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    compensate: bool = True,
+) -> Observed:
+    """Load, analyze and run the model once over ``data``, measuring every hidden unit."""
+    if data is None:
+        raise DataError("ODF2NNA needs data: pass samples (--data) to measure each unit's std")
+    if batch_size < 1:
+        raise ParameterError(f"batch size must be at least 1, got {batch_size}")
+    start = time.perf_counter()
+    original = load_model(model)
+    eval_set = None
+    if eval_data is not None:  # checked before any work starts
+        eval_set = load_data(eval_data, input_specs(original), require_labels=True)
+    _, analysis, dataset = prepare(original, data)
+    assert dataset is not None
+    groups = dense_groups(analysis)
+    if not groups:
+        raise ModelError("the model has no prunable dense layer" + frozen_hint(analysis))
+    analyze_s = time.perf_counter() - start
+    start = time.perf_counter()
+    source_scores, means = score_sources(
+        analysis, groups, ODF2NNA(), dataset, batch_size, device, compensate=compensate
+    )
+    scores = {g.index: group_scores(g, source_scores) for g in groups}
+    timings = {"analyze_s": analyze_s, "score_s": time.perf_counter() - start}
+    return Observed(
+        model, analysis, dataset, eval_set, groups, scores, means if compensate else None, timings
+    )
 
 
 def odf2nna(
@@ -64,33 +120,50 @@ def odf2nna(
     (``bridge``; without it, or where the graph cannot be bridged, the layer keeps its
     most variable unit). The output layer is never pruned.
     """
-    epsilon = check_epsilon(epsilon)
-    if data is None:
-        raise DataError("ODF2NNA needs data: pass samples (--data) to measure each unit's std")
-    if batch_size < 1:
-        raise ParameterError(f"batch size must be at least 1, got {batch_size}")
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    original = load_model(model)
-    eval_set = None
-    if eval_data is not None:  # checked before any work starts
-        eval_set = load_data(eval_data, input_specs(original), require_labels=True)
-    _, analysis, dataset = prepare(original, data)
-    assert dataset is not None
-    groups = dense_groups(analysis)
-    if not groups:
-        raise ModelError("the model has no prunable dense layer" + frozen_hint(analysis))
-    timings["analyze_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    source_scores, means = score_sources(
-        analysis, groups, ODF2NNA(), dataset, batch_size, device, compensate=compensate
+    (result,) = odf2nna_sweep(
+        model,
+        [epsilon],
+        data,
+        eval_data=eval_data,
+        batch_size=batch_size,
+        device=device,
+        compensate=compensate,
+        bridge=bridge,
     )
-    timings["score_s"] = time.perf_counter() - start
+    return result
 
-    scores = {g.index: group_scores(g, source_scores) for g in groups}
+
+def odf2nna_sweep(
+    model: str | os.PathLike | onnx.ModelProto,
+    epsilons: Sequence[float],
+    data: DataLike | None,
+    **options,
+) -> list[PruneResult]:
+    """``odf2nna`` for several epsilons from ONE observation pass (same options)."""
+    epsilons = [check_epsilon(e) for e in epsilons]
+    bridge = options.pop("bridge", True)
+    observed = observe_units(model, data, **options)
+    batch_size = options.get("batch_size", 64)
+    device = options.get("device", "cpu")
+    return [
+        prune_observed(observed, e, bridge=bridge, batch_size=batch_size, device=device)
+        for e in epsilons
+    ]
+
+
+def prune_observed(
+    observed: Observed,
+    epsilon: float,
+    *,
+    bridge: bool = True,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> PruneResult:
+    """Select (std > epsilon), rewrite with mean folding, bridge, verify and report."""
+    epsilon = check_epsilon(epsilon)
+    analysis, scores = observed.analysis, observed.scores
     masks = {i: threshold_mask(s, epsilon, allow_empty=True) for i, s in scores.items()}
-    sites, not_bridged = _plan_bridges(analysis, groups, masks, bridge)
+    sites, not_bridged = _plan_bridges(analysis, observed.groups, masks, bridge)
     for index, reason in not_bridged.items():
         masks[index] = threshold_mask(scores[index], epsilon)  # keeps the most variable unit
         progress.info(f"note: {analysis.groups[index].name} keeps one unit ({reason})")
@@ -103,25 +176,27 @@ def odf2nna(
         site.target_keep = plan.keep(tensors[site.target])
 
     start = time.perf_counter()
-    pruned = apply_masks(analysis, kept_whole, means if compensate else None)
+    dataset = observed.dataset
+    pruned = apply_masks(analysis, kept_whole, observed.means)
     pruned, removed = bridge_all(pruned, analysis.model, sites, dataset, batch_size, device)
     feed = first_feed(dataset)
     verify(pruned, analysis.model, feed)
-    timings["rewrite_verify_s"] = time.perf_counter() - start
+    timings = {**observed.timings, "rewrite_verify_s": time.perf_counter() - start}
 
-    parameters = {"epsilon": epsilon, "compensate": compensate, "bridge": bridge}
-    report = build_report("odf2nna", parameters, model, analysis, pruned, masks, scores, feed)
+    parameters = {"epsilon": epsilon, "compensate": observed.means is not None, "bridge": bridge}
+    model_arg = observed.model_arg
+    report = build_report("odf2nna", parameters, model_arg, analysis, pruned, masks, scores, feed)
     report["layers_removed"] = removed
     report["layers_not_bridged"] = [
         {"layer": analysis.groups[i].name, "reason": r} for i, r in not_bridged.items()
     ]
-    report["unit_std"] = _std_summary(analysis, groups, scores, masks)
-    if eval_set is not None:
+    report["unit_std"] = _std_summary(observed.groups, scores, masks)
+    if observed.eval_set is not None:
         progress.info("evaluating before/after")
-        report.update(before_after(analysis.model, pruned, eval_set, batch_size))
+        report.update(before_after(analysis.model, pruned, observed.eval_set, batch_size))
     report["samples"] = len(dataset)
     report["timings"] = timings
-    stamp_provenance(pruned, report, model)
+    stamp_provenance(pruned, report, model_arg)
     return PruneResult(pruned, report)
 
 
@@ -162,7 +237,6 @@ def _plan_bridges(
 
 
 def _std_summary(
-    analysis: Analysis,
     groups: list[ChannelGroup],
     scores: dict[int, np.ndarray],
     masks: dict[int, np.ndarray],

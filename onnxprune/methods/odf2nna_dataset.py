@@ -4,7 +4,8 @@
    training rows it is trained on (``mlp.hidden_units``), unless ``units`` is given;
 2. trained with PyTorch (Adam, early stopping on a validation split of the training
    rows), exported to ONNX;
-3. pruned with ``odf2nna`` for each epsilon, the units' std measured on the training rows;
+3. pruned for each epsilon (one observation pass), the units' std measured on the
+   training rows;
 4. refined: the pruned ONNX is retrained for ``refine_fraction`` (15%) of the epochs with
    the same optimizer, learning rate, batch size and loss, keeping the best epoch on the
    validation split. The test set is only ever used for the reported figures.
@@ -30,11 +31,11 @@ import numpy as np
 import onnx
 
 from .. import progress
-from ..errors import DataError, ParameterError
+from ..errors import DataError, ModelError, ParameterError
 from ..io import DataLike, _pick_labels, _read_arrays
 from ..select import check_epsilon
 from ..sweep_table import dense_architecture, sweep_row
-from .odf2nna import odf2nna
+from .odf2nna import odf2nna_sweep
 
 if TYPE_CHECKING:
     from ..finetune.trainer import Task
@@ -115,10 +116,9 @@ def odf2nna_from_dataset(
 ) -> DatasetResult:
     """Algorithm 1: train the starting MLP on ``train``, then prune and refine it for each
     epsilon; every figure in the report is measured on ``test``."""
-    from ..finetune.round_trip import carry_metadata, finetune
+    from ..finetune.round_trip import carry_metadata
     from ..mlp import detect_task, export_mlp, split_dataset, train_mlp
 
-    _allow_isnan_in_finetune()
 
     epsilons = [check_epsilon(e) for e in np.atleast_1d(np.asarray(epsilon, dtype=object))]
     if not 0 < refine_fraction <= 1:
@@ -168,18 +168,18 @@ def odf2nna_from_dataset(
     standardizer_params = 2 * num_features  # the imputation mean and the std in the graph
 
     result = DatasetResult(original)
-    for eps in epsilons:
-        progress.info(f"epsilon {eps:g}: pruning")
-        pruned, report = odf2nna(original, eps, {"x": fit_set["x"]}, eval_data=test_set)
+    progress.info(f"pruning for epsilon {', '.join(f'{e:g}' for e in epsilons)}")
+    pruned_all = odf2nna_sweep(original, epsilons, {"x": fit_set["x"]}, eval_data=test_set)
+    for eps, (pruned, report) in zip(epsilons, pruned_all):
         progress.info(f"epsilon {eps:g}: refining for {refine_epochs} epoch(s)")
-        refined, tuned = finetune(
+        refined, tuned = _refine(
             pruned,
             fit_set,
             val_set,
+            task,
             epochs=refine_epochs,
             lr=lr,
             batch_size=batch_size,
-            optimizer="adam",
             seed=seed,
             device=device,
         )
@@ -224,17 +224,59 @@ def odf2nna_from_dataset(
     return result
 
 
-def _allow_isnan_in_finetune() -> None:
-    """The refine step converts the pruned MLP back to torch, and its first node is the
-    imputation's IsNaN, which the converter's registry does not list yet: add that one
-    entry (a no-op once finetune/convert lists IsNaN itself)."""
-    import torch
+def _refine(
+    pruned: onnx.ModelProto, fit_set: dict, val_set: dict, task: Task, **options
+) -> tuple[onnx.ModelProto, dict]:
+    """The light retrain, with the training's loss: regression targets standardised.
 
-    from ..finetune.convert import HANDLERS, handles
-    from ..finetune.convert.nodes import Fn
+    The starting MLP was trained on standardised targets and the scaling then folded into
+    its output layer, whose weights are therefore in target units. Adam moves every weight
+    by about lr per step whatever its size, so retraining on raw targets with tiny units
+    (Ailerons: std 4e-4) would wreck those weights: unfold the scaling, retrain, fold back.
+    """
+    from ..finetune.round_trip import finetune
+    from ..mlp import TargetScaling
 
-    if "IsNaN" not in HANDLERS:
-        handles("IsNaN")(lambda view: Fn(view, torch.isnan))
+    if task != "regression":
+        return finetune(pruned, fit_set, val_set, optimizer="adam", **options)
+    scaling = TargetScaling.fit(fit_set["y"])
+    scaled = _scale_output(pruned, 1.0 / scaling.std, -scaling.mean / scaling.std)
+    fit = {"x": fit_set["x"], "y": scaling.apply(fit_set["y"])}
+    val = {"x": val_set["x"], "y": scaling.apply(val_set["y"])}
+    tuned, report = finetune(scaled, fit, val, optimizer="adam", **options)
+    report["finetune"]["targets"] = "standardised (MSE values in units of the target variance)"
+    return _scale_output(tuned, scaling.std, scaling.mean), report
+
+
+def _scale_output(model: onnx.ModelProto, scale: np.ndarray, shift: np.ndarray) -> onnx.ModelProto:
+    """A copy whose output is ``scale * output + shift``, folded into the final Gemm."""
+    from onnx import numpy_helper
+
+    scaled = onnx.ModelProto()
+    scaled.CopyFrom(model)
+    graph = scaled.graph
+    node = next((n for n in graph.node if graph.output[0].name in n.output), None)
+    inits = {init.name: init for init in graph.initializer}
+    if node is None or node.op_type != "Gemm" or len(node.input) < 3:
+        raise ModelError("cannot refine: the model's output is not a Gemm with a bias")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    weight = numpy_helper.to_array(inits[node.input[1]])
+    bias = numpy_helper.to_array(inits[node.input[2]])
+    axis = 0 if attrs.get("transB", 0) else 1
+    view = [1, 1]
+    view[axis] = -1
+    beta = float(attrs.get("beta", 1.0))
+    new_weight = (weight * np.reshape(scale, view)).astype(weight.dtype)
+    new_bias = ((beta * bias * scale + shift) / beta).astype(bias.dtype)
+    for slot, value in ((1, new_weight), (2, new_bias)):
+        name = f"{node.input[slot]}_rescaled"
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        node.input[slot] = name
+    used = {name for n in graph.node for name in n.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return scaled
 
 
 def _imputer(module):

@@ -44,6 +44,7 @@ UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "Softplus": F.softplus,
     "HardSwish": F.hardswish,
     "Not": torch.logical_not,
+    "IsNaN": torch.isnan,
     "Identity": _identity,
 }
 

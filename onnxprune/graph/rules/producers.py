@@ -15,6 +15,14 @@ if TYPE_CHECKING:
     from ..rewrite import Plan
 
 
+def _new_source(cg: ChannelGraph, node: gs.Node, kind: str, size: int) -> Layout:
+    """A source keeps at least one channel even when it shares a group (a concat member
+    coupled by a residual Add): a layer with zero filters breaks most runtimes."""
+    out = cg.new_source(node, kind, size)
+    cg.nonempty.append(out.atoms)
+    return out
+
+
 def _is_depthwise(node: gs.Node, cg: ChannelGraph) -> bool:
     weight = constant(node.inputs[1])
     group = int(node.attrs.get("group", 1))
@@ -50,7 +58,7 @@ class ConvRule(Rule):
             multiplier = weight.shape[0] // group
             cg.set_layout(node.outputs[0], Layout(1, np.repeat(layout.atoms, multiplier)))
             return
-        out = cg.new_source(node, "conv", int(weight.shape[0]))
+        out = _new_source(cg, node, "conv", int(weight.shape[0]))
         if group > 1:
             reason = f"grouped Conv '{node.name}' (group={group}) needs equal group sizes"
             cg.freeze_inputs(node, reason)
@@ -89,7 +97,7 @@ class ConvTransposeRule(Rule):
             )
             if weight is None:
                 return
-        out = cg.new_source(node, "conv", int(weight.shape[1] * group))
+        out = _new_source(cg, node, "conv", int(weight.shape[1] * group))
         if group != 1:
             cg.freeze(out.atoms, f"grouped ConvTranspose '{node.name}'")
         cg.set_layout(node.outputs[0], out)
@@ -112,7 +120,7 @@ class GemmRule(Rule):
             cg.freeze_inputs(node, f"Gemm '{node.name}' is transposed or has a computed weight")
             return
         units = int(weight.shape[0 if int(node.attrs.get("transB", 0)) else 1])
-        out = cg.new_source(node, "dense", units)
+        out = _new_source(cg, node, "dense", units)
         bias = optional_input(node, 2)
         if bias is not None and constant(bias) is None:
             cg.freeze(out.atoms, f"Gemm '{node.name}' has a computed bias")
@@ -154,7 +162,7 @@ class MatMulRule(Rule):
         if layout is not None and layout.axis != rank - 1:
             cg.set_layout(node.outputs[0], layout)  # rows of x pass through unchanged
             return
-        out = cg.new_source(node, "dense", int(weight.shape[1]))
+        out = _new_source(cg, node, "dense", int(weight.shape[1]))
         cg.set_layout(node.outputs[0], out.moved(max(rank - 1, 1)))
 
     def rewrite(self, node: gs.Node, plan: Plan) -> None:

@@ -1,0 +1,126 @@
+"""Keras models converted by tf2onnx (NHWC input, Transposes around convs, BN folded,
+Flatten as Transpose + Reshape, Dense as MatMul + Add): every k gives a valid model and
+dead channels prune exactly. Needs tensorflow + tf2onnx (skipped cleanly without them;
+run in /work/venv-tf). tests/test_nhwc.py covers the same pattern without TensorFlow."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import onnx
+import pytest
+from conftest import importorskip_any
+from dead import kill
+
+import onnxprune
+from onnxprune.analyze import analyze
+from onnxprune.pipeline import apply_masks
+from onnxprune.verify import run, verify
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = importorskip_any("tensorflow")
+tf2onnx = importorskip_any("tf2onnx")
+
+KS = (10, 40, 75)
+
+
+def _randomize(model, seed: int) -> None:
+    """Random kernels and biases (Keras zero-inits biases, tf2onnx would drop them),
+    BN statistics away from identity."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = []
+        for index, weight in enumerate(layer.get_weights()):
+            if isinstance(layer, tf.keras.layers.BatchNormalization) and index in (0, 3):
+                values.append(0.5 + rng.random(weight.shape))  # gamma, moving variance
+            elif weight.ndim == 1:
+                values.append(0.1 * rng.standard_normal(weight.shape))
+            else:
+                fan_in = np.prod(weight.shape[:-1])
+                values.append(rng.standard_normal(weight.shape) / np.sqrt(fan_in))
+        layer.set_weights([v.astype(np.float32) for v in values])
+
+
+def keras_cnn():
+    layers = tf.keras.layers
+    image = layers.Input((16, 16, 3), name="image")
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(image)))
+    y = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(layers.Add()([x, y]))
+    pointwise = layers.Conv2D(6, 1, activation="relu")(x)
+    depthwise = layers.DepthwiseConv2D(3, padding="same")(x)
+    x = layers.Flatten()(layers.Concatenate()([pointwise, depthwise]))
+    x = layers.Dropout(0.5)(layers.Dense(16, activation="relu")(x))
+    return tf.keras.Model(image, layers.Dense(5, activation="softmax")(x)), (16, 16, 3)
+
+
+def keras_mlp():
+    layers = tf.keras.layers
+    features = layers.Input((12,), name="features")
+    x = layers.Dense(32, activation="relu")(features)
+    x = layers.Dense(16, activation="tanh")(x)
+    return tf.keras.Model(features, layers.Dense(3)(x)), (12,)
+
+
+@pytest.fixture(scope="module", params=["cnn", "mlp"])
+def converted(request):
+    """(ONNX model from tf2onnx, input name, sample data, Keras outputs on that data)."""
+    tf.keras.utils.set_random_seed(0)
+    model, shape = {"cnn": keras_cnn, "mlp": keras_mlp}[request.param]()
+    _randomize(model, seed=1)
+    name = model.inputs[0].name.split(":")[0]
+    spec = (tf.TensorSpec((None, *shape), tf.float32, name=name),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
+    data = np.random.default_rng(2).standard_normal((6, *shape)).astype(np.float32)
+    return proto, proto.graph.input[0].name, data, model(data).numpy()
+
+
+def test_tf2onnx_export_matches_keras(converted):
+    model, name, data, expected = converted
+    got = next(iter(run(model, {name: data}).values()))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_keras_model_prunes_to_a_valid_model(converted, k):
+    model, name, data, _ = converted
+    pruned, report = onnxprune.ocnna(model, k=k, data=data, batch_size=6)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [i.name for i in pruned.graph.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in pruned.graph.output] == [o.name for o in model.graph.output]
+    got, want = run(pruned, {name: data}), run(model, {name: data})
+    assert [v.shape for v in got.values()] == [v.shape for v in want.values()]
+    assert all(entry["reason"] for entry in report["frozen"])
+    for layer in report["layers"]:
+        drop = min(math.floor(k * layer["total"] / 100 + 1e-9), layer["total"] - 1)
+        expected = layer["total"] - drop if layer["prunable"] else layer["total"]
+        assert layer["kept"] == expected, layer
+    assert sum(layer["prunable"] for layer in report["layers"]) >= 2
+
+
+def test_keras_cnn_flatten_interleaves_channels_into_the_dense_rows(converted):
+    model, name, data, _ = converted
+    if not any(n.op_type == "Conv" for n in model.graph.node):
+        pytest.skip("dense-only model")
+    analysis = analyze(model, {name: data[:1]})
+    matmul = next(n for n in analysis.cg.graph.nodes if n.op == "MatMul")
+    layout = analysis.cg.layouts[matmul.inputs[0].name]
+    channels = layout.atoms[: layout.size // 64]  # H*W = 8*8 positions, channels last
+    assert np.array_equal(layout.atoms, np.tile(channels, 64))
+    assert analysis.group_of(matmul.name).prunable
+
+
+def test_pruning_dead_channels_of_a_keras_model_keeps_outputs(converted):
+    model, name, data, _ = converted
+    feed = {name: data}
+    dead_model, masks, _ = kill(model, feed)
+    assert masks
+    analysis = analyze(dead_model, feed)
+    pruned = apply_masks(analysis, masks)
+    verify(pruned, analysis.model, feed)
+    want, got = run(dead_model, feed), run(pruned, feed)
+    for output, value in want.items():
+        scale = float(np.abs(value).max())
+        assert float(np.abs(got[output] - value).max()) <= 1e-4 * scale
