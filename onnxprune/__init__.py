@@ -10,7 +10,9 @@ from .errors import DataError, ModelError, OnnxPruneError, OutputError, Paramete
 from .methods.ocnna import ocnna  # noqa: E402
 from .methods.odf2nna import odf2nna  # noqa: E402
 from .methods.odf2nna_dataset import odf2nna_from_dataset  # noqa: E402
+from .inspection import inspect  # noqa: E402
 from .pipeline import PruneResult, prune_channels  # noqa: E402
+from .quantize import quantize  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -18,6 +20,8 @@ __all__ = [
     "odf2nna",
     "odf2nna_from_dataset",
     "prune_channels",
+    "inspect",
+    "quantize",
     "PruneResult",
     "OnnxPruneError",
     "ModelError",

@@ -185,3 +185,39 @@ def test_parse_sweep_lists_and_ranges():
     for bad in ("", "a", "0.3:0.1:0.1", "0:1:0", "-0.1"):
         with pytest.raises(ParameterError):
             parse_sweep(bad)
+
+
+def test_quantize_int8_writes_a_verified_int8_copy(workdir):
+    result = invoke(
+        "odf2nna",
+        workdir / "mlp.onnx",
+        "--epsilon",
+        0.1,
+        "--data",
+        workdir / "eval.npz",
+        "--eval",
+        workdir / "test.npz",
+        "--quantize",
+        "int8",
+        "--report",
+        workdir / "q.json",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    int8 = onnx.load(str(workdir / "mlp.odf2nna-e0.1.int8.onnx"))
+    check(int8)
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    assert json.loads((workdir / "q.json").read_text())["int8_output"].endswith(".int8.onnx")
+    refused = invoke(
+        "odf2nna",
+        workdir / "mlp.onnx",
+        "--sweep",
+        "0.1,0.2",
+        "--data",
+        workdir / "eval.npz",
+        "--eval",
+        workdir / "test.npz",
+        "--quantize",
+        "int8",
+    )
+    assert refused.exit_code == 2 and "--quantize" in refused.stderr

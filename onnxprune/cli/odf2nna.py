@@ -17,6 +17,7 @@ from .common import (
     handle_errors,
     rollback_on_error,
 )
+from .quantize import int8_path, quantize_option, save_with_int8
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -104,6 +105,7 @@ Examples:
     help="MODEL: labelled training data to retrain the pruned model (PR column).",
 )
 @click.option("--no-bridge", is_flag=True, help="Keep one unit instead of removing a layer.")
+@quantize_option
 @click.option("-o", "--output", help="Output model [sweep / Algorithm 1: output prefix].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -120,6 +122,8 @@ def odf2nna(model, train_data, test_data, **options) -> None:
         epsilons = parse_sweep(options["sweep"])
     else:
         epsilons = [check_epsilon(options["epsilon"])]
+    if options["quantize"] and (model is None or options["sweep"] is not None):
+        raise ParameterError("--quantize works when pruning MODEL with one --epsilon")
     if model is not None:
         if train_data or test_data:
             raise ParameterError("give either MODEL with --data, or --train and --test")
@@ -155,7 +159,8 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
     check_suffix(
         Path(options["report_path"]) if options["report_path"] else None, ".json", "--report"
     )
-    check_outputs([*outputs, *reports], force, model)
+    int8_output = int8_path(outputs[0]) if options["quantize"] else None
+    check_outputs([*outputs, *reports, int8_output], force, model)
     epochs = options["epochs"] or 3
     batch_size = options["batch_size"] or 64
     results = odf2nna_sweep(
@@ -187,11 +192,14 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
             result.model = tuned
             result.report.update(extra)
     if not sweep:
-        from ..api_io import save_outputs
+        int8 = None
+        if options["quantize"] == "int8":
+            from ..quantize import add_int8
 
-        written = [*outputs, *reports, *(r.with_suffix(".md") for r in reports)]
-        with rollback_on_error(written):
-            save_outputs(results[0], outputs[0], reports[0] if reports else None, force)
+            int8 = add_int8(
+                results[0], options["data"], eval_data=options["eval_data"], batch_size=batch_size
+            )
+        save_with_int8(results[0], int8, outputs[0], reports[0] if reports else None, force)
         _say_removed(results[0].report)
         return
     rows = [sweep_row(r.report) for r in results]
