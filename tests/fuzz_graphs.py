@@ -1,10 +1,12 @@
 """Random CNN DAGs written with onnx.helper, drawn by hypothesis, for fuzzing the engine.
 
 A drawn architecture is a list of steps; each step reads earlier tensors by index and adds
-new ones (conv, BN, activation, residual Add, SE gate, Concat, Split, Slice, pooling,
-padding, resize, channel shuffle, NHWC round trip), then a head (GAP/Flatten/NHWC reshape
-into Gemm or MatMul, or the feature map itself) makes the output. Building is a pure
-function of the steps and a seed, so hypothesis can shrink a failure to a small graph.
+new ones (conv, depthwise and grouped conv, ConvTranspose, BN, InstanceNorm, activation,
+residual Add, SE gate, Concat, Split, Slice, pooling, padding, Resize, channel shuffle,
+NHWC round trip, and barriers: LRN, Softmax or a mean over channels), then a head
+(GAP/Flatten/NHWC reshape into Gemm or MatMul, or the feature map itself) makes the
+output. Building is a pure function of the steps and a seed, so hypothesis can shrink a
+failure to a small graph.
 
 ``zero_preserving`` draws only ops with f(0) = 0 on a channel, the condition under which
 pruning exactly-dead channels (tests/dead.py) must leave the outputs unchanged.
@@ -51,6 +53,8 @@ HEADS = ("gap_gemm", "flatten_gemm", "nhwc_matmul", "reduce_gemm", "feature_map"
 
 @dataclass
 class Tensor:
+    """An NCHW activation of the graph under construction."""
+
     name: str
     c: int
     h: int

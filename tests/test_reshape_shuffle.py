@@ -66,3 +66,45 @@ def test_explicit_reshape_targets_are_rewritten_for_the_kept_channels():
     targets = [values[n.input[1]].tolist() for n in pruned.graph.node if n.op_type == "Reshape"]
     assert targets == [[0, 3, 16], [-1, 3, 4, 4]]
     dead_exact(model)
+
+
+def test_shuffling_a_duplicated_concat_does_not_crash_the_analysis():
+    """Regression (found by tests/test_fuzz.py): Concat(x, x) makes a shuffle see one atom
+    per position pair; after a second shuffle a one-atom tensor was put on a spatial axis
+    and the next Flatten crashed the analysis (numpy broadcast error)."""
+    net, x = Net.start(1, 4)
+    stem = net.conv(x, 2, 3, 1, bias=True)
+    joined = concat(net, stem, stem)
+    mixed = shuffle(net, joined)
+    sizes = net.const("split", np.array([2, 2], np.int64))
+    _, right = net.node("Split", [mixed.name, sizes], outputs=2, axis=1)
+    depthwise = net.conv(Tensor(right, 2, 4, 4), 2, 3, 1, bias=False, group=2)
+    model = finish(net, shuffle(net, depthwise))
+    analysis_of(model)
+    for k in (0, 50, 90):
+        prune_checked(model, k)
+
+
+def test_pooling_a_channels_last_tensor_is_a_barrier():
+    """Regression (found with the one above): MaxPool on an NHWC tensor pools over W and
+    C; passing the layout through gave the pooled tensor a channel count it lacks."""
+    net, x = Net.start(3, 8)
+    conv = net.conv(x, 6, 3, 1, bias=True)
+    nhwc = net.transpose(conv.name, [0, 2, 3, 1])
+    (pooled,) = net.node("MaxPool", [nhwc], kernel_shape=[2, 2], strides=[2, 2])
+    back = Tensor(net.transpose(pooled, [0, 3, 1, 2]), 3, 8, 4)
+    model = finish(net, net.conv(back, 4, 1, 1, bias=True))
+    analysis = analysis_of(model)
+    assert "pools over the channel axis" in analysis.group_of(producer(conv)).frozen_reason
+    prune_checked(model, 50)
+
+
+def concat(net: Net, *parts: Tensor) -> Tensor:
+    (y,) = net.node("Concat", [p.name for p in parts], axis=1)
+    return Tensor(y, sum(p.c for p in parts), parts[0].h, parts[0].w)
+
+
+def shuffle(net: Net, x: Tensor, groups: int = 2) -> Tensor:
+    grouped = net.reshape(x.name, [0, groups, x.c // groups, x.h, x.w])
+    swapped = net.transpose(grouped, [0, 2, 1, 3, 4])
+    return Tensor(net.reshape(swapped, [0, x.c, x.h, x.w]), x.c, x.h, x.w)

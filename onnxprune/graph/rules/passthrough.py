@@ -99,10 +99,15 @@ class PerChannelNormRule(Rule):
     "MaxRoiPool",
 )
 class PoolRule(Rule):
-    """Spatial pooling keeps channels (MaxPool's optional Indices output is not tracked)."""
+    """Spatial pooling keeps channels (MaxPool's optional Indices output is not tracked);
+    it pools every axis after 1, so channels on any of those are mixed: a barrier."""
 
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
-        cg.set_layout(node.outputs[0], cg.layout(node.inputs[0]))
+        layout = cg.layout(node.inputs[0])
+        if layout is not None and layout.axis != 1:
+            cg.freeze_inputs(node, f"{node.op} '{node.name}' pools over the channel axis")
+            return
+        cg.set_layout(node.outputs[0], layout)
 
 
 @register("Pad")

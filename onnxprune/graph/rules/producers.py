@@ -61,6 +61,8 @@ class ConvRule(Rule):
         out = _new_source(cg, node, "conv", int(weight.shape[0]))
         if group > 1:
             reason = f"grouped Conv '{node.name}' (group={group}) needs equal group sizes"
+            if weight.shape[1] == 1 and layout is None:  # depthwise after a barrier / input
+                reason = f"depthwise Conv '{node.name}' reads untracked channels"
             cg.freeze_inputs(node, reason)
             cg.freeze(out.atoms, reason)
         cg.set_layout(node.outputs[0], out)

@@ -42,10 +42,9 @@ def _computed_entry(shape_tensor: gs.Tensor, position: int) -> int | None:
 
 def _one_atom(layout: Layout, out_shape: tuple[int, ...]) -> Layout:
     """A tensor carrying a single channel varies along no axis (e.g. a 1-channel slice
-    flattened into a Gemm): keep it on its axis (or the last one), repeated. The atom is
-    registered as non-empty, so it is never removed and the choice of axis is safe."""
-    axis = layout.axis if 0 < layout.axis < len(out_shape) else len(out_shape) - 1
-    return Layout(axis, np.repeat(layout.atoms[:1], out_shape[axis]))
+    flattened into a Gemm): put it on axis 1, the channel / feature axis every consumer
+    reads, repeated. The atom is registered as non-empty, so it is never removed."""
+    return Layout(1, np.repeat(layout.atoms[:1], out_shape[1]))
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
