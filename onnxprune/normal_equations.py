@@ -2,15 +2,81 @@
 regression with intercept, accumulated batch by batch in float64.
 
 Memory is the d x d and d x m sums (plus one chunk of rows), whatever the number of rows,
-which is what lets reconstruction use every position of every D_var sample.
+which is what lets reconstruction use every position of every D_var sample. The ridge is
+chosen on held-out rows when asked (``choose_ridge``), from the same kind of sums.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 #: float64 elements per chunk of regression rows (bounds the temporaries).
 CHUNK_ELEMENTS = 1 << 22
+#: Relative ridge strengths ``choose_ridge`` tries.
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+@dataclass
+class Moments:
+    """Row count, means and (population) covariances of x and y, one set per conv group."""
+
+    count: int
+    mean_x: np.ndarray  # (G, d)
+    mean_y: np.ndarray  # (G, m)
+    cov_x: np.ndarray  # (G, d, d)
+    cov_xy: np.ndarray  # (G, d, m)
+    var_y: np.ndarray  # (G, m)
+
+    def __add__(self, other: Moments) -> Moments:
+        """The moments of both row sets together (pooled, with the between-means term)."""
+        n1, n2 = self.count, other.count
+        n = n1 + n2
+        if n1 == 0 or n2 == 0:
+            return self if n2 == 0 else other
+        dx, dy = other.mean_x - self.mean_x, other.mean_y - self.mean_y
+        between = n1 * n2 / n**2
+        return Moments(
+            n,
+            self.mean_x + dx * (n2 / n),
+            self.mean_y + dy * (n2 / n),
+            (n1 * self.cov_x + n2 * other.cov_x) / n + between * dx[:, :, None] * dx[:, None, :],
+            (n1 * self.cov_xy + n2 * other.cov_xy) / n + between * dx[:, :, None] * dy[:, None, :],
+            (n1 * self.var_y + n2 * other.var_y) / n + between * dy**2,
+        )
+
+    def solve(self, w0: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        """argmin mean|xW + b - y|^2 + lam |W - w0|^2, lam = ridge * mean input variance.
+
+        Solved for the change W - w0, so ridge = 0 gives the least-squares solution
+        closest to w0 (minimum-norm change) when the inputs are collinear.
+        """
+        weights = np.empty_like(w0, dtype=np.float64)
+        for g in range(self.cov_x.shape[0]):
+            cov_x = self.cov_x[g]
+            scale = float(np.mean(np.diag(cov_x)))
+            lam = ridge * scale if scale > 0 else ridge
+            system = cov_x + lam * np.eye(cov_x.shape[0])
+            rhs = self.cov_xy[g] - cov_x @ w0[g]
+            try:
+                if lam <= 0:
+                    raise np.linalg.LinAlgError
+                change = np.linalg.solve(system, rhs)
+            except np.linalg.LinAlgError:
+                change = np.linalg.lstsq(system, rhs, rcond=None)[0]
+            weights[g] = w0[g] + change
+        bias = self.mean_y - np.einsum("gd,gdm->gm", self.mean_x, weights)
+        return weights, bias
+
+    def relative_error(self, w: np.ndarray, b: np.ndarray) -> float:
+        """Mean squared error of x W + b against y over the variance of y."""
+        spread = np.einsum("gdm,gdm->gm", self.cov_x @ w, w)
+        spread -= 2 * np.einsum("gdm,gdm->gm", w, self.cov_xy)
+        offset = np.einsum("gd,gdm->gm", self.mean_x, w) + b - self.mean_y
+        mse = np.maximum(spread + self.var_y + offset**2, 0.0).sum()
+        return float(mse / max(self.var_y.sum(), 1e-30))
 
 
 class NormalEquations:
@@ -51,41 +117,22 @@ class NormalEquations:
                 self.xy += np.einsum("rgd,rgm->gdm", xc, yc, optimize=True)
             self.count += xc.shape[0]
 
-    def _moments(self):
-        n = self.count
+    def moments(self) -> Moments:
+        n = max(self.count, 1)
         mx, my = self.sx / n, self.sy / n
-        cov_x = self.xx / n - mx[:, :, None] * mx[:, None, :]
-        cov_xy = self.xy / n - mx[:, :, None] * my[:, None, :]
-        var_y = self.yy / n - my**2
-        return mx + self.shift_x, my + self.shift_y, cov_x, cov_xy, var_y
+        return Moments(
+            self.count,
+            mx + self.shift_x,
+            my + self.shift_y,
+            self.xx / n - mx[:, :, None] * mx[:, None, :],
+            self.xy / n - mx[:, :, None] * my[:, None, :],
+            self.yy / n - my**2,
+        )
 
-    def solve(self, w0: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-        """argmin mean|xW + b - y|^2 + lam |W - w0|^2, lam = ridge * mean input variance.
 
-        Solved for the change W - w0, so ridge = 0 gives the least-squares solution
-        closest to w0 (minimum-norm change) when the inputs are collinear.
-        """
-        mx, my, cov_x, cov_xy, _ = self._moments()
-        weights = np.empty_like(w0, dtype=np.float64)
-        for g in range(cov_x.shape[0]):
-            scale = float(np.mean(np.diag(cov_x[g])))
-            lam = ridge * scale if scale > 0 else ridge
-            system = cov_x[g] + lam * np.eye(cov_x.shape[1])
-            rhs = cov_xy[g] - cov_x[g] @ w0[g]
-            try:
-                if lam <= 0:
-                    raise np.linalg.LinAlgError
-                change = np.linalg.solve(system, rhs)
-            except np.linalg.LinAlgError:
-                change = np.linalg.lstsq(system, rhs, rcond=None)[0]
-            weights[g] = w0[g] + change
-        bias = my - np.einsum("gd,gdm->gm", mx, weights)
-        return weights, bias
-
-    def relative_error(self, w: np.ndarray, b: np.ndarray) -> float:
-        """Mean squared error of x W + b against y over its variance, from the sums."""
-        mx, my, cov_x, cov_xy, var_y = self._moments()
-        spread = np.einsum("gdm,gdm->gm", cov_x @ w, w) - 2 * np.einsum("gdm,gdm->gm", w, cov_xy)
-        offset = np.einsum("gd,gdm->gm", mx, w) + b - my
-        mse = np.maximum(spread + var_y + offset**2, 0.0).sum()
-        return float(mse / max(var_y.sum(), 1e-30))
+def choose_ridge(
+    fit: Moments, held: Moments, w0: np.ndarray, grid: Sequence[float] = RIDGE_GRID
+) -> float:
+    """The ridge whose solution on ``fit`` has the smallest error on the held-out rows."""
+    errors = [held.relative_error(*fit.solve(w0, ridge)) for ridge in grid]
+    return float(grid[int(np.argmin(errors))])

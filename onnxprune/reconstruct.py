@@ -28,7 +28,7 @@ from .errors import ParameterError
 from .graph.rewrite import Plan
 from .importance.odf2nna import MomentsAccumulator
 from .io import DataLike, Dataset, input_specs, load_data
-from .normal_equations import CHUNK_ELEMENTS, NormalEquations
+from .normal_equations import CHUNK_ELEMENTS, NormalEquations, choose_ridge
 from .observe import providers_for, session_with_outputs
 from .refit_layers import (
     REFIT_OPS,
@@ -44,8 +44,11 @@ from .refit_layers import (
 if TYPE_CHECKING:
     from .analyze import Analysis
 
-#: Ridge strength relative to the mean input variance of each layer.
-DEFAULT_RIDGE = 1e-2
+#: Ridge strength relative to the mean input variance of each layer; None chooses it per
+#: layer on held-out D_var samples (every HOLD_OUT-th one), falling back to FALLBACK_RIDGE.
+DEFAULT_RIDGE: float | None = None
+FALLBACK_RIDGE = 1e-2
+HOLD_OUT = 5
 #: Layers with more regressors per output than this are skipped (a d x d solve each).
 MAX_FEATURES = 8192
 #: Regression rows per regressor a conv layer samples (positions drawn per sample).
@@ -72,6 +75,7 @@ class LayerFit:
     refit: bool = False
     error_before: float | None = None
     error_after: float | None = None
+    ridge: float | None = None
     reason: str | None = None
 
     def as_dict(self) -> dict:
@@ -82,7 +86,7 @@ class LayerFit:
 class Options:
     """How to fit (see ``reconstruct``)."""
 
-    ridge: float = DEFAULT_RIDGE
+    ridge: float | None = DEFAULT_RIDGE
     batch_size: int = 64
     device: str = "cpu"
     max_features: int = MAX_FEATURES
@@ -204,11 +208,22 @@ def _sample_positions(rows, targets, first: int, positions: int, keep: int, seed
     return rows[flat], targets[flat]
 
 
-def _accumulate(layer: Layer, x_name: str, target: str, fit_data: FitData) -> NormalEquations:
-    """Stream D_var through both models once, adding every batch to the normal equations."""
+def _held_rows(rows: int, per_sample: int, first: int, hold_out: bool) -> np.ndarray:
+    """Which rows belong to held-out samples (every HOLD_OUT-th sample, when asked)."""
+    samples = np.arange(first, first + rows // per_sample)
+    held = samples % HOLD_OUT == HOLD_OUT - 1 if hold_out else np.zeros(len(samples), bool)
+    return np.repeat(held, per_sample)
+
+
+def _accumulate(
+    layer: Layer, x_name: str, target: str, fit_data: FitData
+) -> tuple[NormalEquations, NormalEquations]:
+    """Stream D_var through both models once into the normal equations of the fitting
+    rows and of the held-out samples (empty unless the ridge is to be chosen)."""
     w0, _ = layer.current()
-    stats = NormalEquations(layer.groups, w0.shape[1], w0.shape[2])
+    fit, held = (NormalEquations(layer.groups, w0.shape[1], w0.shape[2]) for _ in range(2))
     options = fit_data.options
+    hold_out = options.ridge is None and len(fit_data.dataset) >= 2 * HOLD_OUT
     x_session = calm_session(truncated(layer.model, [x_name]), options.device)
     y_session = calm_session(truncated(fit_data.original, [target]), options.device)
     budget = None if options.rows_per_input is None else options.rows_per_input * w0.shape[1]
@@ -226,14 +241,16 @@ def _accumulate(layer: Layer, x_name: str, target: str, fit_data: FitData) -> No
             targets = layer.targets(y[start : start + step])
             if rows.shape[0] != targets.shape[0]:
                 raise Skip("its input positions do not line up with its outputs")
+            first = seen + start
             if keep < positions:
-                first = seen + start
                 rows, targets = _sample_positions(
                     rows, targets, first, positions, keep, options.seed
                 )
-            stats.update(rows, targets)
+            held_rows = _held_rows(len(rows), min(keep, positions), first, hold_out)
+            fit.update(rows[~held_rows], targets[~held_rows])
+            held.update(rows[held_rows], targets[held_rows])
         seen += len(x)
-    return stats
+    return fit, held
 
 
 def _refit(fit: LayerFit, model: onnx.ModelProto, fit_data: FitData) -> None:
@@ -246,12 +263,19 @@ def _refit(fit: LayerFit, model: onnx.ModelProto, fit_data: FitData) -> None:
     w0, b0 = layer.current()
     if w0.shape[1] > options.max_features:
         raise Skip(f"{w0.shape[1]} inputs per output exceed the limit of {options.max_features}")
-    stats = _accumulate(layer, node.input[0], target, fit_data)
-    w, b = stats.solve(w0, options.ridge)
+    fitting, held = (
+        stats.moments() for stats in _accumulate(layer, node.input[0], target, fit_data)
+    )
+    ridge = options.ridge
+    if ridge is None:
+        ridge = choose_ridge(fitting, held, w0) if held.count and fitting.count else FALLBACK_RIDGE
+    everything = fitting + held
+    w, b = everything.solve(w0, ridge)
     if not (np.isfinite(w).all() and np.isfinite(b).all()):
         raise Skip("the least-squares solution is not finite")
-    fit.error_before = stats.relative_error(w0, b0)
-    fit.error_after = stats.relative_error(w, b)
+    fit.error_before = everything.relative_error(w0, b0)
+    fit.error_after = everything.relative_error(w, b)
+    fit.ridge = ridge
     layer.write(w, b)
     fit.refit = True
 
@@ -271,7 +295,7 @@ def reconstruct(
     data: DataLike,
     *,
     kept_outputs: Mapping[str, np.ndarray] | None = None,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
     batch_size: int = 64,
     device: str = "cpu",
     max_features: int = MAX_FEATURES,
@@ -287,7 +311,7 @@ def reconstruct(
     (None: every position). Returns a new model and one LayerFit per layer that lost
     inputs, with the reason where a layer was left as it was.
     """
-    if ridge < 0:
+    if ridge is not None and ridge < 0:
         raise ParameterError(f"ridge must be >= 0, got {ridge}")
     dataset = load_data(data, input_specs(original))
     options = Options(
@@ -365,7 +389,7 @@ def recover(
     means: Mapping[str, np.ndarray],
     *,
     refit: bool = False,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
     batch_size: int = 64,
     device: str = "cpu",
 ) -> tuple[onnx.ModelProto, list[dict]]:
