@@ -31,8 +31,8 @@ Examples:
 @click.option(
     "--data",
     "data",
-    type=click.Path(dir_okay=False),
-    help="D_var samples (.npz with x/X, or .npy) used to score channels.",
+    type=click.Path(),
+    help="D_var samples (.npz with x/X, .npy, or an image folder) used to score channels.",
 )
 @click.option(
     "--eval",
