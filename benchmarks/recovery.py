@@ -231,9 +231,11 @@ HOW_IT_WORKS = [
     "patches (one system per conv group, so depthwise convs too; at most 256 rows per "
     "regressor, positions drawn at random per sample), dense layers over their input rows. "
     "Batches are streamed into the normal equations (X^T X, X^T Y in float64), so memory is "
-    "one batch plus d x d per layer. The ridge (1e-2 x the mean input variance) pulls "
-    "towards the sliced, compensated weights, which keeps a layer with more inputs than "
-    "samples (a Flatten -> Gemm head) close to what it was.",
+    "one batch plus d x d per layer. The ridge pulls towards the sliced, compensated "
+    "weights (so a layer with more inputs than samples, such as a Flatten -> Gemm head, "
+    "stays close to what it was); its strength is chosen per layer from 1e-4..10 x the mean "
+    "input variance by the error on every fifth D_var sample held out, then the layer is "
+    "solved on all samples.",
     "- The report's `recovery` rows give, per layer that lost inputs: compensated or not, "
     "refit or why not, and the relative MSE of its outputs against the original's on D_var "
     "(MSE / variance of the original outputs) before and after.",

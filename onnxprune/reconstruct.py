@@ -8,7 +8,9 @@ equations X^T X and X^T Y (float64), so memory is bounded by one batch and the d
 statistics, never by the dataset. Convs are solved over im2col patches, one system per
 conv group, so depthwise convs are refit too. The ridge pulls towards the current
 (sliced, mean-compensated) weights rather than towards zero: a layer with more inputs
-than samples (a Flatten -> Gemm head) then stays close to what it was.
+than samples (a Flatten -> Gemm head) then stays close to what it was. Its strength is
+chosen per layer on held-out D_var samples: a fixed value over-fits small D_var in wide
+dense layers and under-fits convs that have rows to spare.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import onnxprune
 from onnxprune.analyze import analyze
 from onnxprune.cli import main
 from onnxprune.errors import DataError
+from onnxprune.normal_equations import RIDGE_GRID, NormalEquations, choose_ridge
 from onnxprune.pipeline import apply_masks, masks_for_removal
 from onnxprune.reconstruct import kept_outputs, measure, reconstruct
 from onnxprune.refit_layers import ConvLayer, im2col
@@ -27,7 +28,6 @@ from onnxprune.score import consumer_inputs
 from onnxprune.verify import run as run_named
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-RNG = np.random.default_rng(0)
 
 
 def _init(name: str, values: np.ndarray) -> TensorProto:
@@ -106,10 +106,10 @@ def _weights(model: onnx.ModelProto, node_name: str) -> tuple[np.ndarray, np.nda
 
 
 @pytest.mark.parametrize("compensate", [False, True])
-def test_representable_channels_are_reconstructed_exactly(compensate):
+def test_representable_channels_are_reconstructed_exactly(compensate, rng):
     model = chain_model()
-    data = RNG.standard_normal((300, 3, 8, 8)).astype(np.float32)
-    fresh = RNG.standard_normal((50, 3, 8, 8)).astype(np.float32)
+    data = rng.standard_normal((300, 3, 8, 8)).astype(np.float32)
+    fresh = rng.standard_normal((50, 3, 8, 8)).astype(np.float32)
     analysis, masks, pruned = _pruned(model, data, REMOVE, compensate)
     expected = run(model, fresh)[0]
     assert not np.allclose(run(pruned, fresh)[0], expected, atol=1e-2)
@@ -130,10 +130,10 @@ def test_representable_channels_are_reconstructed_exactly(compensate):
     assert [o.name for o in rebuilt.graph.output] == ["y"]
 
 
-def test_conv_refit_equals_a_dense_least_squares_solve():
+def test_conv_refit_equals_a_dense_least_squares_solve(rng):
     """B's refit (pads 1,0,2,1, stride 2x1) against lstsq on torch-unfolded patches."""
     model = chain_model()
-    data = RNG.standard_normal((40, 3, 8, 8)).astype(np.float32)
+    data = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
     # A3 is no copy (so the fit is inexact); A4, A5 go too, or the kept inputs would be
     # collinear and the least-squares solution not unique
     analysis, masks, pruned = _pruned(model, data, {"A": [3, 4, 5]}, compensate=False)
@@ -167,11 +167,11 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("attrs", CONV_CASES)
-def test_conv_patches_times_weights_equal_onnxruntime(attrs):
+def test_conv_patches_times_weights_equal_onnxruntime(attrs, rng):
     groups = attrs.get("group", 1)
-    x = RNG.standard_normal((3, 4, 9, 7)).astype(np.float32)
-    weight = RNG.standard_normal((6, 4 // groups, 3, 2)).astype(np.float32)
-    bias = RNG.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
+    weight = rng.standard_normal((6, 4 // groups, 3, 2)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)
     graph = helper.make_graph(
         [node],
@@ -189,8 +189,8 @@ def test_conv_patches_times_weights_equal_onnxruntime(attrs):
     np.testing.assert_allclose(got, layer.targets(expected), rtol=1e-4, atol=1e-4)
 
 
-def test_im2col_matches_torch_unfold():
-    x = RNG.standard_normal((2, 3, 7, 6)).astype(np.float32)
+def test_im2col_matches_torch_unfold(rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
     got = im2col(x, (3, 2), (2, 1), (1, 0, 2, 1), (1, 2))
     padded = torch.from_numpy(np.pad(x, ((0, 0), (0, 0), (1, 2), (0, 1))))
     want = torch.nn.functional.unfold(padded, (3, 2), dilation=(1, 2), stride=(2, 1)).numpy()
@@ -198,9 +198,9 @@ def test_im2col_matches_torch_unfold():
 
 
 @pytest.mark.parametrize("rows_per_input", [None, 3])
-def test_streaming_in_batches_equals_one_batch(rows_per_input):
+def test_streaming_in_batches_equals_one_batch(rows_per_input, rng):
     model = chain_model()
-    data = RNG.standard_normal((90, 3, 8, 8)).astype(np.float32)
+    data = rng.standard_normal((90, 3, 8, 8)).astype(np.float32)
     analysis, masks, pruned = _pruned(model, data, {"A": [0, 3], "B": [1]}, compensate=True)
     kept = kept_outputs(analysis, masks)
     results = []
@@ -222,6 +222,36 @@ def test_streaming_in_batches_equals_one_batch(rows_per_input):
         assert a.error_after == pytest.approx(b.error_after, rel=1e-6, abs=1e-12)
 
 
+def _moments(x, y):
+    stats = NormalEquations(x.shape[1], x.shape[2], y.shape[2])
+    stats.update(x, y)
+    return stats.moments()
+
+
+def test_pooled_moments_equal_the_moments_of_all_rows(rng):
+    x = rng.standard_normal((300, 2, 5)) * 3 + 7
+    y = x @ rng.standard_normal((5, 3)) + rng.standard_normal((300, 2, 3))
+    pooled = _moments(x[:110], y[:110]) + _moments(x[110:], y[110:])
+    whole = _moments(x, y)
+    for field in ("mean_x", "mean_y", "cov_x", "cov_xy", "var_y"):
+        np.testing.assert_allclose(getattr(pooled, field), getattr(whole, field), atol=1e-9)
+    assert pooled.count == 300
+
+
+def test_the_ridge_is_chosen_on_held_out_rows(rng):
+    """Noise targets from many inputs: the largest ridge wins; exact targets: the smallest."""
+    x = rng.standard_normal((120, 1, 60))
+    w0 = np.zeros((1, 60, 2))
+    noise = rng.standard_normal((120, 1, 2))
+    assert choose_ridge(_moments(x[:80], noise[:80]), _moments(x[80:], noise[80:]), w0) == max(
+        RIDGE_GRID
+    )
+    exact = x @ rng.standard_normal((60, 2))
+    assert choose_ridge(_moments(x[:80], exact[:80]), _moments(x[80:], exact[80:]), w0) == min(
+        RIDGE_GRID
+    )
+
+
 def test_depthwise_layers_are_refit_and_skips_say_why():
     model = build("mobilenet_v2_like", keep_bn=False)
     data = random_feeds(model, batch=48, seed=2)["input"]
@@ -231,6 +261,7 @@ def test_depthwise_layers_are_refit_and_skips_say_why():
     assert rows and all(r["refit"] and r["compensated"] for r in rows)
     assert any(r["op"] == "Conv" and r["outputs"] == r["inputs_kept"] for r in rows)  # depthwise
     assert all(r["error_after"] <= r["error_before"] + 1e-12 for r in rows)
+    assert all(r["ridge"] in RIDGE_GRID for r in rows)  # chosen per layer on held-out samples
 
     plain = onnxprune.ocnna(model, k=40, data=data, batch_size=16)
     measured = {r["name"]: r for r in plain.report["recovery"]}
@@ -277,7 +308,7 @@ def _constant_channel_model(consumer: onnx.NodeProto, image: bool) -> onnx.Model
 
 
 @pytest.mark.parametrize("case", ["gemm_no_bias_alpha_beta", "conv_unpadded", "conv_padded"])
-def test_compensating_a_constant_channel(case):
+def test_compensating_a_constant_channel(case, rng):
     """Exact for dense consumers (also with alpha/beta and no bias) and unpadded convs; a
     padded conv is exact wherever its kernel does not reach into the padding."""
     if case.startswith("gemm"):
@@ -286,7 +317,7 @@ def test_compensating_a_constant_channel(case):
         pads = [1, 1, 1, 1] if case == "conv_padded" else [0, 0, 0, 0]
         consumer = helper.make_node("Conv", ["pr", "q_w"], ["y"], name="Q", pads=pads)
     model = _constant_channel_model(consumer, image=case.startswith("conv"))
-    x = RNG.standard_normal((16, 2, 6, 6) if case.startswith("conv") else (16, 2))
+    x = rng.standard_normal((16, 2, 6, 6) if case.startswith("conv") else (16, 2))
     feed = {"x": x.astype(np.float32)}
     analysis = analyze(model, feed)
     masks = masks_for_removal(analysis, {"P": [1]})
