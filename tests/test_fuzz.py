@@ -40,7 +40,7 @@ def fuzz_settings(examples: int) -> settings:
     )
 
 
-@fuzz_settings(50)
+@fuzz_settings(80)
 @given(arch=architectures(max_steps=STEPS), k=st.integers(0, 95))
 def test_ocnna_on_a_random_dag_gives_a_valid_model(arch, k):
     model = build_model(arch)
@@ -55,7 +55,7 @@ def test_ocnna_on_a_random_dag_gives_a_valid_model(arch, k):
     assert report["params_after"] <= report["params_before"]
 
 
-@fuzz_settings(50)
+@fuzz_settings(80)
 @given(arch=architectures(True, STEPS), pick_seed=st.integers(0, 2**16))
 def test_pruning_dead_channels_of_a_random_dag_keeps_outputs(arch, pick_seed):
     model = build_model(arch)
