@@ -15,7 +15,8 @@ from dense_forms import FORMS, build_dense, layer_units, sample
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import odf2nna
-from onnxprune.graph.bridge import NormalEquations
+from onnxprune.graph.bridge import solve_bridge
+from onnxprune.normal_equations import NormalEquations
 from onnxprune.report import to_markdown
 
 EPSILON = 0.1
@@ -169,10 +170,10 @@ def test_normal_equations_match_numpy_lstsq_when_streamed():
     x = rng.normal(size=(500, 7)) * 0.01 + 1000.0  # big offset, small variation
     w = rng.normal(size=(7, 3))
     y = (x - 1000.0) @ w + 5.0 + 1e-4 * rng.normal(size=(500, 3))
-    system = NormalEquations()
+    system = NormalEquations(1, 7, 3)
     for start in range(0, 500, 37):
-        system.update(x[start : start + 37], y[start : start + 37])
-    fit = system.solve()
+        system.update(x[start : start + 37, None], y[start : start + 37, None])
+    fit = solve_bridge(system)
     design = np.hstack([x - 1000.0, np.ones((500, 1))])
     reference = np.linalg.lstsq(design, y, rcond=None)[0]
     np.testing.assert_allclose(fit.weight, reference[:7], rtol=1e-6, atol=1e-8)

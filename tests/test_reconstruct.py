@@ -14,12 +14,14 @@ import pytest
 import torch
 from builders import build, check, random_feeds, run
 from click.testing import CliRunner
+from dense_forms import build_dense
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune.analyze import analyze
 from onnxprune.cli import main
 from onnxprune.errors import DataError
+from onnxprune.methods.odf2nna import observe_units
 from onnxprune.normal_equations import RIDGE_GRID, NormalEquations, choose_ridge
 from onnxprune.pipeline import apply_masks, masks_for_removal
 from onnxprune.reconstruct import kept_outputs, measure, reconstruct
@@ -355,3 +357,27 @@ def test_cli_reconstruct_end_to_end_on_the_mnist_sample(tmp_path):
     assert all(r["error_after"] < r["error_before"] for r in rows)
     assert report["accuracy_after"] >= report["accuracy_before"] - 0.05  # plain: ~0.2
     assert "## Recovery" in (tmp_path / "r.md").read_text()
+
+
+def test_odf2nna_reconstruct_refits_the_layers_after_removed_units(rng):
+    """ODF2NNA removes low-variance units; --reconstruct refits the next layers on the same
+    data, every refit layer's error drops, and the outputs get closer to the original's."""
+    model = build_dense((6, 16, 12, 3), "matmul_add", "Tanh", seed=3)
+    data = rng.standard_normal((300, 6)).astype(np.float32)
+    stds = np.concatenate(list(observe_units(model, data).scores.values()))
+    epsilon = float(np.quantile(stds, 0.4))
+    plain = onnxprune.odf2nna(model, epsilon, data)
+    refit = onnxprune.odf2nna(model, epsilon, data, reconstruct=True)
+    assert plain.report["parameters"]["reconstruct"] is False
+    assert refit.report["parameters"]["reconstruct"] is True
+    rows = refit.report["recovery"]
+    assert rows and all(row["refit"] for row in rows)
+    for before, after in zip(plain.report["recovery"], rows, strict=True):
+        assert before["name"] == after["name"]
+        assert after["error_after"] < before["error_after"]
+    for pruned in (plain.model, refit.model):
+        check(pruned)
+    held_out = {"input": rng.standard_normal((200, 6)).astype(np.float32)}
+    want = run(model, held_out)[0]
+    errors = [np.mean((run(m, held_out)[0] - want) ** 2) for m in (plain.model, refit.model)]
+    assert errors[1] < errors[0]

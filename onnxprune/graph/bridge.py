@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 
 from .. import progress
 from ..io import Dataset
+from ..normal_equations import NormalEquations
 from ..observe import session_with_outputs
 from .rules.base import constant
 
@@ -115,52 +116,15 @@ def _is_dense_consumer(node: gs.Node, tensor: gs.Tensor) -> bool:
     return weight is not None and weight.ndim == 2
 
 
-class NormalEquations:
-    """Streaming least squares with an intercept, in float64, shifted for accuracy.
-
-    Sums are taken around the first batch's means, so large offsets (a unit stuck near
-    a big constant) do not cancel away the small variations the fit has to capture.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._ref_x: np.ndarray | None = None
-        self._ref_y: np.ndarray | None = None
-
-    def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        x = np.asarray(x, np.float64).reshape(len(x), -1)
-        y = np.asarray(y, np.float64).reshape(len(y), -1)
-        if self._ref_x is None:
-            self._ref_x, self._ref_y = x.mean(axis=0), y.mean(axis=0)
-            self._sx = np.zeros(x.shape[1])
-            self._sy = np.zeros(y.shape[1])
-            self._xx = np.zeros((x.shape[1], x.shape[1]))
-            self._xy = np.zeros((x.shape[1], y.shape[1]))
-            self._yy = np.zeros(y.shape[1])
-        x = x - self._ref_x
-        y = y - self._ref_y
-        self.count += len(x)
-        self._sx += x.sum(axis=0)
-        self._sy += y.sum(axis=0)
-        self._xx += x.T @ x
-        self._xy += x.T @ y
-        self._yy += np.einsum("ij,ij->j", y, y)
-
-    def solve(self) -> BridgeFit:
-        n = self.count
-        mx, my = self._sx / n, self._sy / n
-        cxx = self._xx / n - np.outer(mx, mx)
-        cxy = self._xy / n - np.outer(mx, my)
-        var_y = np.maximum(self._yy / n - my * my, 0.0)
-        weight = np.linalg.lstsq(cxx, cxy, rcond=1e-12)[0]
-        bias = (my + self._ref_y) - (mx + self._ref_x) @ weight
-        # residual variance per output: Var(y) - 2 w'Cxy + w'Cxx w
-        residual = var_y - 2 * np.einsum("ij,ij->j", weight, cxy)
-        residual += np.einsum("ij,ik,kj->j", weight, cxx, weight)
-        residual = np.maximum(residual, 0.0)
-        total = var_y.sum()
-        r2 = 1.0 - residual.sum() / total if total > 0 else 1.0
-        return BridgeFit(weight, bias, float(r2), float(np.sqrt(residual.mean())))
+def solve_bridge(system: NormalEquations) -> BridgeFit:
+    """The plain least-squares bridge (no ridge) and its R^2 / RMSE on the fitted rows."""
+    moments = system.moments()
+    weight, bias = moments.solve(np.zeros(system.xy.shape), ridge=0.0)
+    relative = moments.relative_error(weight, bias)
+    spread = float(np.maximum(moments.var_y, 0.0).sum())
+    r2 = 1.0 - relative if spread > 0 else 1.0
+    rmse = np.sqrt(relative * spread / max(moments.var_y.size, 1))
+    return BridgeFit(weight[0], bias[0], float(r2), float(rmse))
 
 
 def fit_bridge(
@@ -174,7 +138,7 @@ def fit_bridge(
     """Least squares from ``site.inputs`` in ``current`` to ``site.target`` in ``original``."""
     reads = session_with_outputs(current, [site.inputs], device)
     targets = session_with_outputs(original, [site.target], device)
-    system = NormalEquations()
+    system: NormalEquations | None = None
     batches = dataset.batches(batch_size)
     description = f"fitting bridge over '{site.layers[0]}'"
     for feed in progress.track(batches, description, total=dataset.num_batches(batch_size)):
@@ -182,8 +146,12 @@ def fit_bridge(
         y = targets.run([site.target], feed)[0]
         if site.target_keep is not None:
             y = y[:, site.target_keep]
+        x, y = x.reshape(len(x), 1, -1), y.reshape(len(y), 1, -1)
+        system = system or NormalEquations(1, x.shape[2], y.shape[2])
         system.update(x, y)
-    return system.solve()
+    if system is None:
+        raise ValueError("no data to fit the bridge on")
+    return solve_bridge(system)
 
 
 def splice(model: onnx.ModelProto, site: BridgeSite, fit: BridgeFit) -> onnx.ModelProto:

@@ -36,6 +36,7 @@ from ..pipeline import (
     frozen_hint,
     prepare,
 )
+from ..reconstruct import recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_epsilon, group_scores, keep_nonempty, threshold_mask
@@ -110,6 +111,7 @@ def odf2nna(
     device: str = "cpu",
     compensate: bool = True,
     bridge: bool = True,
+    reconstruct: bool = False,
 ) -> PruneResult:
     """Keep the hidden dense units whose output std over ``data`` exceeds ``epsilon``.
 
@@ -118,7 +120,8 @@ def odf2nna(
     unit is replaced by its mean (folded into the next layer's bias, ``compensate``); a
     hidden layer losing every unit is removed and bridged by a least-squares fit
     (``bridge``; without it, or where the graph cannot be bridged, the layer keeps its
-    most variable unit). The output layer is never pruned.
+    most variable unit). The output layer is never pruned. ``reconstruct`` refits the
+    layers that lost inputs by least squares on ``data`` (see ``onnxprune.reconstruct``).
     """
     (result,) = odf2nna_sweep(
         model,
@@ -129,6 +132,7 @@ def odf2nna(
         device=device,
         compensate=compensate,
         bridge=bridge,
+        reconstruct=reconstruct,
     )
     return result
 
@@ -141,14 +145,14 @@ def odf2nna_sweep(
 ) -> list[PruneResult]:
     """``odf2nna`` for several epsilons from ONE observation pass (same options)."""
     epsilons = [check_epsilon(e) for e in epsilons]
-    bridge = options.pop("bridge", True)
+    prune_options = {
+        "bridge": options.pop("bridge", True),
+        "reconstruct": options.pop("reconstruct", False),
+        "batch_size": options.get("batch_size", 64),
+        "device": options.get("device", "cpu"),
+    }
     observed = observe_units(model, data, **options)
-    batch_size = options.get("batch_size", 64)
-    device = options.get("device", "cpu")
-    return [
-        prune_observed(observed, e, bridge=bridge, batch_size=batch_size, device=device)
-        for e in epsilons
-    ]
+    return [prune_observed(observed, e, **prune_options) for e in epsilons]
 
 
 def prune_observed(
@@ -156,10 +160,11 @@ def prune_observed(
     epsilon: float,
     *,
     bridge: bool = True,
+    reconstruct: bool = False,
     batch_size: int = 64,
     device: str = "cpu",
 ) -> PruneResult:
-    """Select (std > epsilon), rewrite with mean folding, bridge, verify and report."""
+    """Select (std > epsilon), rewrite with mean folding, bridge, recover, verify, report."""
     epsilon = check_epsilon(epsilon)
     analysis, scores = observed.analysis, observed.scores
     masks = {i: threshold_mask(s, epsilon, allow_empty=True) for i, s in scores.items()}
@@ -179,14 +184,33 @@ def prune_observed(
     dataset = observed.dataset
     pruned = apply_masks(analysis, kept_whole, observed.means)
     pruned, removed = bridge_all(pruned, analysis.model, sites, dataset, batch_size, device)
+    recover_start = time.perf_counter()
+    pruned, recovery = recover(
+        analysis,
+        pruned,
+        kept_whole,
+        dataset,
+        observed.means or {},
+        refit=reconstruct,
+        batch_size=batch_size,
+        device=device,
+    )
+    recover_s = time.perf_counter() - recover_start
     feed = first_feed(dataset)
     verify(pruned, analysis.model, feed)
     timings = {**observed.timings, "rewrite_verify_s": time.perf_counter() - start}
+    timings["recover_s"] = recover_s
 
-    parameters = {"epsilon": epsilon, "compensate": observed.means is not None, "bridge": bridge}
+    parameters = {
+        "epsilon": epsilon,
+        "compensate": observed.means is not None,
+        "bridge": bridge,
+        "reconstruct": reconstruct,
+    }
     model_arg = observed.model_arg
     report = build_report("odf2nna", parameters, model_arg, analysis, pruned, masks, scores, feed)
     report["layers_removed"] = removed
+    report["recovery"] = recovery
     report["layers_not_bridged"] = [
         {"layer": analysis.groups[i].name, "reason": r} for i, r in not_bridged.items()
     ]
