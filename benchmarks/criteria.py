@@ -109,7 +109,7 @@ def run_criterion(setup: dict, tag: str, criterion: str, seed: int, ks, fresh: b
                     criterion=criterion,
                     seed=seed,
                 )
-            result = prune_scored(scored, k)
+            result = prune_scored(scored, k, reconstruct=False)
             test = load_data(setup["test"], input_specs(result.model), require_labels=True)
             start = time.perf_counter()
             tuned, _ = finetune(result.model, setup["train"], None, seed=seed, **FINETUNE)

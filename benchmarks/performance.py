@@ -329,7 +329,7 @@ def section_latency(args) -> list[str]:
         original = plain_session(scored.analysis.model, threads=1)
         for k in (20, 40, 60):
             for round_to in (1, 8, 16):
-                model, report = prune_scored(scored, k, round_to)
+                model, report = prune_scored(scored, k, round_to, reconstruct=False)
                 flops = report["flops_after"] / report["flops_before"]
                 pruned = plain_session(model, threads=1)
                 for batch in (1, 32):

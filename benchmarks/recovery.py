@@ -41,11 +41,11 @@ SAMPLES = REPO / "samples"
 RESULTS = zoo.CACHE / "results-{model}.json"  # one file per model: runs can go in parallel
 DVAR_SIZE = 500
 VARIANTS = {
-    "OCNNA": {"criterion": "ocnna", "compensate": False},
-    "OCNNA + compensation": {"criterion": "ocnna", "compensate": True},
+    "OCNNA": {"criterion": "ocnna", "compensate": False, "reconstruct": False},
+    "OCNNA + compensation": {"criterion": "ocnna", "compensate": True, "reconstruct": False},
     "OCNNA + reconstruction": {"criterion": "ocnna", "compensate": True, "reconstruct": True},
-    "L1": {"criterion": "l1", "compensate": False},
-    "random": {"criterion": "random", "compensate": False},
+    "L1": {"criterion": "l1", "compensate": False, "reconstruct": False},
+    "random": {"criterion": "random", "compensate": False, "reconstruct": False},
     "L1 + reconstruction": {"criterion": "l1", "compensate": True, "reconstruct": True},
     "OCNNA + reconstruction (fine-tune lr 1e-4)": {
         "criterion": "ocnna",

@@ -41,13 +41,37 @@ ZOO: list[str] = [
     "mnasnet0_5",
 ]
 
+# Beyond the test zoo (benchmarks only, docs/zoo.md): other families users bring.
+EXTRA: list[str] = [
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "regnet_y_400mf",
+    "mobilenet_v3_large",
+    "shufflenet_v2_x1_0",
+    "mnasnet1_0",
+    "efficientnet_v2_s",
+    "convnext_tiny",
+    "swin_t",
+    "alexnet",
+    "vit_b_16",
+    "inception_v3",
+]
+
 # VGG's AdaptiveAvgPool2d((7, 7)) only exports when the 7x7 grid divides the feature map,
 # i.e. the input side is a multiple of 224 (2**5 * 7); smaller sizes are raised to this.
-MIN_INPUT_SIZE: dict[str, int] = {"vgg11_bn": 224, "vgg16": 224}
+# AlexNet's (6, 6) pool likewise; ViT checks its input side; Inception v3 needs >= 75 px.
+MIN_INPUT_SIZE: dict[str, int] = {
+    "vgg11_bn": 224,
+    "vgg16": 224,
+    "alexnet": 224,
+    "vit_b_16": 224,
+    "inception_v3": 299,
+}
 
 # Constructor arguments beyond weights=None that some models need.
 EXTRA_KWARGS: dict[str, dict[str, object]] = {
     "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
 }
 
 

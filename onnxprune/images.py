@@ -122,6 +122,7 @@ class ImageFolder(Dataset):
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive feeds of at most ``batch_size`` images, decoded on demand."""
+        batch_size = self.batch_size(batch_size)
         spec = self.specs[0]
         channels_last = self._layout[0]
         count = len(self) if limit is None else min(limit, len(self))

@@ -30,7 +30,7 @@ ONNX_TO_NUMPY = {
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Read an ONNX model, turning every way it can fail into a one-line ModelError."""
+    """Read an ONNX model (or convert a Keras one), every failure a one-line ModelError."""
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
@@ -38,6 +38,10 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     path = Path(model)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
+    if path.suffix.lower() in (".keras", ".h5", ".hdf5") or (path / "saved_model.pb").is_file():
+        from .keras.convert import keras_to_onnx  # TensorFlow only for Keras inputs
+
+        return keras_to_onnx(path)[0]
     if path.is_dir():
         raise ModelError(f"model path is a directory, not an ONNX file: {path}")
     if path.stat().st_size == 0:
@@ -148,8 +152,21 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model's inputs insist on, if they do (old model-zoo graphs):
+        onnxruntime rejects any other, so every batch of such data has that size."""
+        fixed = {spec.shape[0] for spec in self.specs if spec.shape and spec.shape[0]}
+        return fixed.pop() if len(fixed) == 1 else None
+
+    def batch_size(self, wanted: int) -> int:
+        """``wanted``, unless the model fixes the batch size."""
+        return self.fixed_batch or wanted
+
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive feeds of at most ``batch_size`` samples, cast to the model dtypes."""
+        """Consecutive feeds of at most ``batch_size`` samples (exactly the fixed batch for
+        fixed-batch models), cast to the model dtypes."""
+        batch_size = self.batch_size(batch_size)
         count = len(self) if limit is None else min(limit, len(self))
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
@@ -160,7 +177,7 @@ class Dataset:
 
     def num_batches(self, batch_size: int, limit: int | None = None) -> int:
         count = len(self) if limit is None else min(limit, len(self))
-        return -(-count // batch_size)
+        return -(-count // self.batch_size(batch_size))
 
     def subset(self, count: int) -> Dataset:
         """The first ``count`` samples (a view)."""

@@ -25,6 +25,9 @@ class PruneResult:
 
     model: onnx.ModelProto
     report: dict = field(default_factory=dict)
+    # group index -> keep mask the model was pruned with (to prune a twin of the model the
+    # same way, e.g. the user's Keras original); not part of the unpacking
+    masks: dict[int, np.ndarray] | None = None
 
     def __iter__(self):
         yield self.model
@@ -63,6 +66,13 @@ def masks_for_removal(analysis: Analysis, remove: Mapping[str, list[int]]) -> di
         mask[group.channel_of[source_name][list(channels)]] = False
         if not mask.any():
             raise ParameterError(f"removing all channels of '{source_name}' is not allowed")
+    for index, mask in masks.items():
+        blocks = analysis.groups[index].blocks
+        if blocks is not None and len({int(mask[row].sum()) for row in blocks}) != 1:
+            raise ParameterError(
+                f"'{analysis.groups[index].name}' is read by a grouped conv: remove equally "
+                f"many channels from each of its {len(blocks)} blocks of {blocks.shape[1]}"
+            )
     return masks
 
 

@@ -1,4 +1,5 @@
-"""Figures for people: the k sensitivity study as in the OCNNA paper's Figure 3.
+"""Figures for people: the sensitivity study of a sweep (k or epsilon) as in the OCNNA
+paper's Figure 3.
 
 matplotlib is optional (the ``plot`` extra); it is imported only when a figure is drawn,
 with the Agg backend so it works without a display.
@@ -41,10 +42,11 @@ def _pyplot():
 
 
 def sensitivity_png(report: dict) -> bytes:
-    """Quality (left axis) and remaining-parameter ratio (right axis) against k.
+    """Quality (left axis) and remaining-parameter ratio (right axis) against k or epsilon.
 
     ``report`` is a sweep report (see onnxprune.sweep): its ``rows`` carry the parameter
-    value, ``rpr`` and the metric after pruning (and after fine-tune / INT8 when made).
+    value, ``rpr`` and the metric after pruning (and after fine-tune / INT8 when made);
+    ``x_scale: log`` spreads epsilons spanning decades (symlog when 0 is among them).
     """
     plt = _pyplot()
     parameter, rows, original = report["parameter"], report["rows"], report["original"]
@@ -77,7 +79,9 @@ def sensitivity_png(report: dict) -> bytes:
             if metric == "accuracy":
                 left.set_ylim(0, 105)
                 left.set_ylabel("test accuracy (%)")
-            else:
+            else:  # from 0, so that tiny changes do not look like large ones
+                highest = max((v for line in left.get_lines() for v in line.get_ydata()), default=0)
+                left.set_ylim(0, 1.12 * highest or 1.0)
                 left.set_ylabel("test MSE")
         right.plot(
             xs,
@@ -102,7 +106,9 @@ def sensitivity_png(report: dict) -> bytes:
         right.set_ylabel("remaining parameters (% of the original)", color="tab:red")
         right.tick_params(axis="y", colors="tab:red")
         left.set_xlabel(report.get("parameter_label", parameter))
-        left.set_xticks(xs)
+        if report.get("x_scale") == "log":
+            _log_x(left, xs)
+        left.set_xticks(xs, [f"{x:g}" for x in xs])
         left.grid(True, alpha=0.3)
         left.set_title(report.get("title", "sensitivity"))
         handles = [h for axis in (left, right) for h in axis.get_legend_handles_labels()[0]]
@@ -115,3 +121,17 @@ def sensitivity_png(report: dict) -> bytes:
     finally:
         plt.close(fig)
     return buffer.getvalue()
+
+
+def _log_x(axis, xs: list[float]) -> None:
+    """A log x-axis; symlog (linear up to the smallest positive value) when 0 is a value."""
+    positive = [x for x in xs if x > 0]
+    top = max(positive, default=1.0) * 1.5
+    if len(positive) == len(xs):
+        axis.set_xscale("log")
+        axis.set_xlim(min(positive) / 1.5, top)
+    else:
+        linthresh = min(positive, default=1.0)
+        axis.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+        axis.set_xlim(-0.2 * linthresh, top)
+    axis.minorticks_off()  # the values themselves are the ticks

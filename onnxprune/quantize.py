@@ -58,15 +58,9 @@ def _quiet_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
-def fixed_batch(dataset: Dataset) -> int | None:
-    """The batch size a model's inputs insist on, if they do (old model-zoo graphs)."""
-    fixed = {spec.shape[0] for spec in dataset.specs if spec.shape and spec.shape[0]}
-    return fixed.pop() if len(fixed) == 1 else None
-
-
 def sample_feed(dataset: Dataset, count: int = 1) -> dict[str, np.ndarray]:
     """``count`` samples (for latency: one), or one whole batch for fixed-batch models."""
-    return next(dataset.batches(fixed_batch(dataset) or min(count, len(dataset))))
+    return next(dataset.batches(min(count, len(dataset))))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -102,7 +96,7 @@ def quantize_int8(
     source = normalize(load_model(model))
     dataset = load_data(data, input_specs(source))
     count = len(dataset) if calibration_samples is None else min(calibration_samples, len(dataset))
-    fixed = fixed_batch(dataset)
+    fixed = dataset.fixed_batch
     if fixed:  # whole batches of the model's own size only
         batch_size, count = fixed, max(fixed, count - count % fixed)
     progress.info(f"quantizing to INT8 (calibration on {count} samples)")

@@ -26,17 +26,16 @@ import onnxruntime as ort
 from onnx import helper
 
 from . import progress
+from .blas import one_blas_thread
 from .errors import ParameterError
 from .graph.rewrite import Plan
-from .importance.odf2nna import MomentsAccumulator
 from .io import DataLike, Dataset, input_specs, load_data
 from .normal_equations import CHUNK_ELEMENTS, NormalEquations, choose_ridge
-from .observe import providers_for, session_with_outputs
+from .observe import providers_for
 from .refit_layers import (
     REFIT_OPS,
     Layer,
     Skip,
-    channel_axis,
     input_features,
     layer_for,
     output_units,
@@ -185,12 +184,10 @@ def calm_session(model: onnx.ModelProto, device: str = "cpu") -> ort.InferenceSe
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
 
 
-def _fixed_batch(dataset: Dataset, batch_size: int) -> int:
-    fixed = {spec.shape[0] for spec in dataset.specs if spec.shape and spec.shape[0]}
-    return fixed.pop() if len(fixed) == 1 else batch_size
-
-
-def _out_index(fit: LayerFit, original_units: int, kept: Mapping[str, np.ndarray]):
+def kept_output_index(
+    fit: LayerFit, original_units: int, kept: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """Which of the original layer's outputs the pruned layer still makes."""
     if fit.name in kept:
         return np.asarray(kept[fit.name])
     if fit.outputs != original_units:
@@ -260,7 +257,7 @@ def _refit(fit: LayerFit, model: onnx.ModelProto, fit_data: FitData) -> None:
     source = next(n for n in original.graph.node if n.name == fit.name)
     node = next(n for n in model.graph.node if n.name == fit.name)
     target = source.output[0]
-    out_index = _out_index(fit, output_units(source, weights_of(original)), fit_data.kept)
+    out_index = kept_output_index(fit, output_units(source, weights_of(original)), fit_data.kept)
     layer = layer_for(model, node, out_index, target)
     w0, b0 = layer.current()
     if w0.shape[1] > options.max_features:
@@ -317,92 +314,24 @@ def reconstruct(
         raise ParameterError(f"ridge must be >= 0, got {ridge}")
     dataset = load_data(data, input_specs(original))
     options = Options(
-        ridge, _fixed_batch(dataset, batch_size), device, max_features, rows_per_input, seed
+        ridge, dataset.batch_size(batch_size), device, max_features, rows_per_input, seed
     )
     fit_data = FitData(original, dataset, dict(kept_outputs or {}), options)
     model = onnx.ModelProto()
     model.CopyFrom(pruned)
     fits = find_consumers(original, model)
+    with one_blas_thread():  # reproducible sums; onnxruntime keeps its own threads
+        _refit_all(fits, model, fit_data)
+    _drop_unused_initializers(model)
+    return model, fits
+
+
+def _refit_all(fits: list[LayerFit], model: onnx.ModelProto, fit_data: FitData) -> None:
     for fit in progress.track(fits, f"reconstructing {len(fits)} layers", total=len(fits)):
         try:
             _refit(fit, model, fit_data)
         except Skip as reason:
             fit.reason = str(reason)
-    _drop_unused_initializers(model)
-    return model, fits
-
-
-def measure(
-    original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
-    data: DataLike,
-    *,
-    kept_outputs: Mapping[str, np.ndarray] | None = None,
-    batch_size: int = 64,
-    device: str = "cpu",
-) -> list[LayerFit]:
-    """The relative output error of every layer that lost inputs, without refitting."""
-    dataset = load_data(data, input_specs(original))
-    batch_size = _fixed_batch(dataset, batch_size)
-    fits = find_consumers(original, pruned)
-    produced = {name for node in pruned.graph.node for name in node.output}
-    sources = {n.name: n for n in original.graph.node}
-    weights = weights_of(original)
-    checks: dict[str, tuple[str, np.ndarray, MomentsAccumulator]] = {}
-    squared: dict[str, float] = {}
-    for fit in fits:
-        target = sources[fit.name].output[0]
-        try:
-            index = _out_index(fit, output_units(sources[fit.name], weights), kept_outputs or {})
-        except Skip as reason:
-            fit.reason = str(reason)
-            continue
-        if target in produced:
-            checks[fit.name] = (target, index, MomentsAccumulator(len(index)))
-            squared[fit.name] = 0.0
-    names = sorted({target for target, _, _ in checks.values()})
-    if names:
-        got_session = session_with_outputs(pruned, names, device)
-        want_session = session_with_outputs(original, names, device)
-        for feed in dataset.batches(batch_size):
-            got = dict(zip(names, got_session.run(names, feed)))
-            want = dict(zip(names, want_session.run(names, feed)))
-            for fit in fits:
-                if fit.name not in checks:
-                    continue
-                target, index, moments = checks[fit.name]
-                axis = channel_axis(fit.op) % want[target].ndim
-                expected = np.take(want[target], index, axis=axis).astype(np.float64)
-                squared[fit.name] += float(np.square(got[target] - expected).sum())
-                moments.update(np.moveaxis(expected, axis, 1))
-    for fit in fits:
-        if fit.name in checks:
-            moments = checks[fit.name][2]
-            spread = float(np.square(moments.std).sum() * moments.count)
-            fit.error_before = fit.error_after = squared[fit.name] / max(spread, 1e-30)
-    return fits
-
-
-def recover(
-    analysis: Analysis,
-    pruned: onnx.ModelProto,
-    masks: Mapping[int, np.ndarray],
-    dataset: Dataset,
-    means: Mapping[str, np.ndarray],
-    *,
-    refit: bool = False,
-    ridge: float | None = DEFAULT_RIDGE,
-    batch_size: int = 64,
-    device: str = "cpu",
-) -> tuple[onnx.ModelProto, list[dict]]:
-    """The pipelines' recovery step after ``rewrite``: refit (or only measure) every layer
-    that lost inputs; report rows say what was compensated, refit, and the error left."""
-    kept = kept_outputs(analysis, masks)
-    options = {"kept_outputs": kept, "batch_size": batch_size, "device": device}
-    if refit:
-        pruned, fits = reconstruct(analysis.model, pruned, dataset, ridge=ridge, **options)
-    else:
-        fits = measure(analysis.model, pruned, dataset, **options)
-    for fit in fits:
-        fit.compensated = fit.input in means
-    return pruned, [fit.as_dict() for fit in fits]
+        except Exception as error:  # noqa: BLE001 - one layer's refit never fails the run
+            lines = str(error).strip().splitlines()
+            fit.reason = f"refit failed: {type(error).__name__}: {lines[0] if lines else ''}"

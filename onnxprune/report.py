@@ -284,6 +284,8 @@ def build_report(
                     "kept": kept,
                     "total": total,
                     "prunable": group.prunable,
+                    # a grouped conv reads it: every one of these groups keeps as many
+                    "equal_groups": 1 if group.blocks is None else len(group.blocks),
                     "macs_before": node_macs_before.get(source.name, 0),
                     "macs_after": node_macs_after.get(source.name, 0),
                 }

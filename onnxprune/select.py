@@ -38,12 +38,21 @@ def group_scores(group: ChannelGroup, source_scores: dict[str, np.ndarray]) -> n
     return np.divide(total, count, out=np.zeros(group.size), where=count > 0)
 
 
-def percentile_mask(scores: np.ndarray, k: float, round_to: int = 1) -> np.ndarray:
+def percentile_mask(
+    scores: np.ndarray, k: float, round_to: int = 1, blocks: np.ndarray | None = None
+) -> np.ndarray:
     """Drop the floor(k% * M) lowest-scored channels, keep at least one.
 
     Ties break by channel index (a stable sort), so the same scores give the same mask.
     ``round_to`` rounds the kept count up to a multiple (fast kernels like multiples of 8).
+    With ``blocks`` (a grouped conv's (G, M / G) channels) every block drops its own
+    floor(k% * M / G), so all groups keep equally many.
     """
+    if blocks is not None:
+        mask = np.ones(scores.shape[0], dtype=bool)
+        for row in blocks:
+            mask[row] = percentile_mask(scores[row], k, max(1, round_to // len(blocks)))
+        return mask
     size = scores.shape[0]
     drop = min(math.floor(k * size / 100 + 1e-9), size - 1)
     if round_to > 1:
@@ -89,3 +98,22 @@ def keep_nonempty(
             continue
         g, c = max(channels, key=lambda gc: scores[gc[0]][gc[1]])
         masks[g][c] = True
+    balance_blocks(groups, masks, scores)
+
+
+def balance_blocks(
+    groups: list[ChannelGroup], masks: dict[int, np.ndarray], scores: dict[int, np.ndarray]
+) -> None:
+    """Where a grouped conv reads a group, give every block as many kept channels as the
+    fullest one has (its best-scored ones): a threshold or a restored channel can leave
+    blocks uneven, and a grouped conv needs them even."""
+    for group in groups:
+        mask = masks.get(group.index)
+        if group.blocks is None or mask is None:
+            continue
+        want = max(1, max(int(mask[row].sum()) for row in group.blocks))
+        for row in group.blocks:
+            if mask[row].sum() < want:
+                best = row[np.argsort(-scores[group.index][row], kind="stable")]
+                extra = [c for c in best.tolist() if not mask[c]]
+                mask[extra[: want - int(mask[row].sum())]] = True

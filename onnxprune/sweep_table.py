@@ -1,8 +1,13 @@
-"""The ODF2NNA sweep: one row per epsilon, as the paper's tables (6, 7, 10-12) and Figure 7.
+"""Sweep tables as Markdown, for people.
 
-Columns: accuracy (or MSE) of the original model (OR), of the pruned model without
-retraining (PWR) and after the light retrain (PR), parameters before and after and the
-reduction. Written as Markdown, JSON and a PNG plot of the metric against parameters.
+``sensitivity_markdown``: the table of ``onnxprune sweep ocnna|odf2nna`` (a report from
+onnxprune.sweep): one row per k or epsilon with size, speed and quality.
+
+The rest is the ODF2NNA paper's layout (``odf2nna --sweep``, Algorithm 1): one row per
+epsilon, as its tables (6, 7, 10-12) and Figure 7. Columns: accuracy (or MSE) of the
+original model (OR), of the pruned model without retraining (PWR) and after the light
+retrain (PR), parameters before and after and the reduction. Written as Markdown, JSON and
+a PNG plot of the metric against parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +22,71 @@ import onnx
 
 from .graph.rules.base import constant
 from .io import atomic_write_bytes
+
+STAGES = ("after", "finetuned", "int8")  # a sweep row's quality columns, in this order
+STAGE_NAMES = {"after": "no retraining", "finetuned": "fine-tuned", "int8": "INT8"}
+
+
+def _quality(value: float | None, metric: str | None) -> str:
+    if value is None or metric is None:
+        return "-"
+    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.5g}"
+
+
+def _latency(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def sensitivity_markdown(report: dict) -> str:
+    """The sweep table: one row per value, the original model first.
+
+    ODF2NNA rows add the hidden units kept per layer (``8-6`` -> ``7-0``: the second
+    hidden layer was removed and bridged).
+    """
+    parameter, metric, original = report["parameter"], report["metric"], report["original"]
+    rows = report["rows"]
+    stages = [s for s in STAGES if any(f"{metric}_{s}" in row for row in rows)]
+    units = "units_total" in report
+    header = [parameter, "parameters", "RPR", "FLOPs ratio", "file size (bytes)"]
+    header += ["latency (ms)", *(["hidden units"] if units else [])]
+    header += [f"{metric or 'quality'} ({STAGE_NAMES[s]})" for s in stages] + ["time (s)"]
+    settings = ", ".join(f"{k}={v}" for k, v in report["settings"].items())
+    lines = [
+        f"# {report['title']}",
+        "",
+        f"Model: `{report['model']}`  ",
+        f"Settings: {settings}  ",
+        f"Scored once on {report['samples']} samples (--data) in "
+        f"{report['timings']['score_once_s']:.2f} s; quality on {report['eval_samples']} "
+        "labelled samples. RPR = remaining-parameter ratio (parameters after / before); "
+        "latency = onnxruntime CPU, batch 1, median.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---:|" * len(header),
+    ]
+    cells = ["original", f"{original['params']:,}", "1.000", "1.000", f"{original['size_bytes']:,}"]
+    cells.append(_latency(original.get("latency_ms")))
+    if units:
+        cells.append("-".join(str(n) for n in report["units_total"].values()))
+    if stages:  # the original's quality under "no retraining"; nothing to fine-tune
+        cells += [_quality(original.get(metric), metric)] + ["-"] * (len(stages) - 1)
+    lines.append("| " + " | ".join([*cells, "-"]) + " |")
+    for row in rows:
+        cells = [
+            f"{row[parameter]:g}",
+            f"{row['params']:,}",
+            f"{row['rpr']:.3f}",
+            f"{row['flops_ratio']:.3f}",
+            f"{row['size_bytes']:,}",
+            _latency(row.get("latency_ms")),
+        ]
+        if units:
+            kept = row.get("units_kept", {})
+            cells.append("-".join(str(kept.get(name, "?")) for name in report["units_total"]))
+        cells += [_quality(row.get(f"{metric}_{s}"), metric) for s in stages]
+        cells.append(f"{row['seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def dense_architecture(model: onnx.ModelProto) -> str:

@@ -38,7 +38,11 @@ def kill(
     masks: dict[int, np.ndarray] = {}
     for group in analysis.prunable():
         mask = np.ones(group.size, dtype=bool)
-        mask[[c for c in pick(group.size) if c < group.size - 1]] = False
+        if group.blocks is None:
+            mask[[c for c in pick(group.size) if c < group.size - 1]] = False
+        elif group.blocks.shape[1] > 1:  # a grouped conv reads it: one per block, each
+            rows, width = group.blocks.shape  # block its own position (a per-group gather)
+            mask[group.blocks[np.arange(rows), np.arange(rows) % width]] = False
         masks[group.index] = mask
     dead_roots = np.concatenate(
         [analysis.groups[i].roots[~m] for i, m in masks.items()] or [np.empty(0, np.int64)]

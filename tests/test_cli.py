@@ -219,9 +219,36 @@ def test_version_and_help():
     assert "onnxprune" in invoke("--version").output
     help_text = invoke("ocnna", "--help").output
     assert "Examples" in help_text and "--k" in help_text
+    help_text = invoke("sweep", "odf2nna", "--help").output
+    assert "onnxprune sweep odf2nna" in help_text and "--epsilon" in help_text
+
+
+def test_shared_options_read_the_same_in_every_command():
+    """The option blocks in onnxprune/cli/common.py: one definition, the same everywhere."""
+    import click
+
+    context = click.Context(main)
+    sweep = main.get_command(context, "sweep")
+    commands = {name: main.get_command(context, name) for name in ("ocnna", "odf2nna", "quantize")}
+    commands.update({f"sweep {n}": sweep.get_command(context, n) for n in ("ocnna", "odf2nna")})
+    shared = ["--device", "--seed", "--force", "--criterion", "--round-to", "--compensate"]
+    shared += ["--reconstruct", "--convs-only", "--quiet", "--verbose"]
+    for option in shared:
+        found = {
+            name: (param.default, param.help, str(param.type))
+            for name, command in commands.items()
+            for param in command.params
+            if option in param.opts
+        }
+        assert len(found) >= 2 and len(set(found.values())) == 1, (option, found)
+    for name in ("ocnna", "quantize"):
+        (report,) = [p for p in commands[name].params if "--report" in p.opts]
+        assert report.help == "Write the JSON report here (and a Markdown copy beside it)."
 
 
 def test_finetune_after_pruning_recovers_accuracy(workdir):
+    """Without the refit (--no-reconstruct) the pruned sample collapses; one epoch brings
+    it back."""
     train = np.load(SAMPLES / "mnist_train.npz")
     np.savez(workdir / "train.npz", x=train["x"][:2000], y=train["y"][:2000])
     result = invoke(
@@ -229,6 +256,7 @@ def test_finetune_after_pruning_recovers_accuracy(workdir):
         workdir / "model.onnx",
         "--k",
         40,
+        "--no-reconstruct",
         "--data",
         workdir / "dvar.npz",
         "--eval",

@@ -1,6 +1,7 @@
 """Grouped convolutions (rules/producers.py): a depthwise conv (group == channels) passes
-channels through, each input channel making ``multiplier`` outputs; any other grouping
-is a barrier whose channels stay whole, with the reason in the report."""
+channels through, each input channel making ``multiplier`` outputs; any other grouped conv
+keeps its group count and loses equally many inputs and filters in every group (ResNeXt,
+RegNet), or is frozen with the reason when no selection could keep it grouped."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from checks import analysis_of, dead_exact, kept_sizes, prune_checked
 from fuzz_graphs import Net, finish, producer
 
 from onnxprune.analyze import analyze
+from onnxprune.errors import ParameterError
+from onnxprune.pipeline import masks_for_removal
+from onnxprune.select import keep_nonempty, threshold_mask
 
 
 def test_depthwise_conv_passes_channels_through():
@@ -21,9 +25,89 @@ def test_depthwise_conv_passes_channels_through():
     assert len([s for s in analysis.cg.sources if s.kind == "conv"]) == len(convs) - len(depthwise)
 
 
-def test_grouped_conv_is_a_barrier_with_its_reason():
-    frozen = analysis_of("grouped_conv_net").frozen()
-    assert any("grouped Conv" in (g.frozen_reason or "") for g in frozen)
+def _attr(model, name: str, attribute: str) -> int:
+    node = next(n for n in model.graph.node if n.name == name)
+    return next(a.i for a in node.attribute if a.name == attribute)
+
+
+def _weight_dims(model, name: str) -> list[int]:
+    node = next(n for n in model.graph.node if n.name == name)
+    return list(next(i for i in model.graph.initializer if i.name == node.input[1]).dims)
+
+
+def test_grouped_conv_net_prunes_every_group_equally_and_exactly():
+    model = build("grouped_conv_net")
+    analysis = analysis_of(model)
+    grouped = next(
+        n for n in model.graph.node if n.op_type == "Conv" and _attr(model, n.name, "group") == 2
+    )
+    group = analysis.group_of(grouped.name)
+    assert group.prunable and group.blocks is not None and group.blocks.shape == (2, 16)
+    pruned, _ = prune_checked(model, 50)
+    assert _attr(pruned, grouped.name, "group") == 2
+    assert _weight_dims(pruned, grouped.name)[:2] == [16, 4]  # 8 inputs -> 4, 2 per group
+    dead_exact(model)
+
+
+def grouped_block(groups: int = 4):
+    """conv 3->16 -> ReLU -> grouped 3x3 16->16 -> ReLU -> conv 16->16, plus the block's
+    input: a ResNeXt bottleneck with a residual Add."""
+    net, x = Net.start(3, 8)
+    stem = net.act(net.conv(x, 16, 3, 1, bias=True), "Relu")
+    reduce = net.conv(stem, 16, 1, 1, bias=True)
+    grouped = net.conv(net.act(reduce, "Relu"), 16, 3, 1, bias=True, group=groups)
+    expand = net.conv(net.act(grouped, "Relu"), 16, 1, 1, bias=True)
+    out = net.act(net.binary("Add", expand, stem), "Relu")
+    model = finish(net, net.conv(out, 5, 1, 1, bias=True))
+    return model, producer(reduce), producer(grouped)
+
+
+def test_resnext_block_keeps_its_groups_and_outputs_of_dead_channels():
+    model, reduce, grouped = grouped_block(groups=4)
+    analysis = analysis_of(model)
+    for name in (reduce, grouped):
+        assert analysis.group_of(name).blocks.shape == (4, 4)
+    pruned, _ = prune_checked(model, 50)
+    assert _attr(pruned, grouped, "group") == 4
+    assert _weight_dims(pruned, grouped)[:2] == [8, 2]
+    assert kept_sizes(pruned)[reduce] == 8
+    dead_exact(model)
+
+
+def test_uneven_removal_from_a_grouped_conv_is_refused():
+    model, reduce, _ = grouped_block(groups=4)
+    analysis = analysis_of(model)
+    try:
+        masks_for_removal(analysis, {reduce: [0, 1]})
+    except ParameterError as error:
+        assert "equally many channels from each of its 4 blocks of 4" in str(error)
+    else:
+        raise AssertionError("uneven removal was accepted")
+
+
+def test_a_threshold_selection_is_evened_out_across_groups():
+    model, reduce, _ = grouped_block(groups=4)
+    analysis = analysis_of(model)
+    group = analysis.group_of(reduce)
+    scores = {group.index: np.arange(16, dtype=float)}
+    masks = {group.index: threshold_mask(scores[group.index], 9.5)}  # keeps 10..15 only
+    keep_nonempty(analysis.cg, analysis.groups, masks, scores)
+    kept = [int(masks[group.index][row].sum()) for row in group.blocks]
+    assert kept == [4, 4, 4, 4]  # the fullest block (12..15) keeps 4: every block does
+
+
+def test_grouped_convs_splitting_a_tensor_differently_freeze_it():
+    net, x = Net.start(3, 8)
+    stem = net.conv(x, 12, 3, 1, bias=True)
+    two = net.conv(net.act(stem, "Relu"), 6, 3, 1, bias=True, group=2)
+    three = net.conv(net.act(stem, "Relu"), 6, 3, 1, bias=True, group=3)
+    model = finish(
+        net, net.conv(net.act(net.binary("Add", two, three), "Relu"), 4, 1, 1, bias=True)
+    )
+    analysis = analysis_of(model)
+    for tensor in (stem, two):  # the conv outputs added together are split 2 and 3 ways too
+        assert "unlike another grouped Conv" in analysis.group_of(producer(tensor)).frozen_reason
+    prune_checked(model, 50)
 
 
 def depthwise_block(multiplier: int):
@@ -66,15 +150,16 @@ def test_depthwise_conv_on_the_model_input_is_frozen_not_broken():
     assert kept_sizes(pruned)[producer(depthwise)] == 3
 
 
-def test_grouped_conv_between_prunable_convs_keeps_its_neighbours_prunable():
+def test_grouped_conv_between_prunable_convs_prunes_with_them():
     net, x = Net.start(3, 8)
     first = net.act(net.conv(x, 8, 3, 1, bias=True), "Relu")
     grouped = net.conv(first, 8, 3, 1, bias=False, group=2)
     last = net.conv(net.act(grouped, "Relu"), 6, 1, 1, bias=True)
     model = finish(net, last)
     analysis = analysis_of(model)
-    assert "grouped Conv" in analysis.group_of(producer(grouped)).frozen_reason
+    assert analysis.group_of(producer(grouped)).prunable
     assert analysis.group_of(producer(last)).prunable
     pruned, _ = prune_checked(model, 50)
     assert kept_sizes(pruned)[producer(last)] == 3
+    assert _weight_dims(pruned, producer(grouped))[:2] == [4, 2]
     dead_exact(model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def mnist() -> dict[str, dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def pruned(mnist) -> onnx.ModelProto:
-    return onnxprune.ocnna(str(MODEL), k=40, data=mnist["dvar"]).model
+    # sliced only (no refit), so the fine-tune has accuracy to win back
+    return onnxprune.ocnna(str(MODEL), k=40, data=mnist["dvar"], reconstruct=False).model
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,22 @@ def test_same_seed_gives_byte_identical_model_and_another_seed_does_not(
     assert other.SerializeToString() != first
 
 
+def test_cosine_warmup_is_recorded_deterministic_and_changes_the_model(tuned, pruned, mnist):
+    options = dict(epochs=2, schedule="cosine", warmup=0.25)
+    first, report = finetune(pruned, mnist["train"], mnist["eval"], **options)
+    again, _ = finetune(pruned, mnist["train"], mnist["eval"], **options)
+    assert first.SerializeToString() == again.SerializeToString()
+    assert first.SerializeToString() != tuned[0].SerializeToString()  # constant lr differs
+    settings = report["finetune"]
+    assert settings["schedule"] == "cosine" and settings["warmup"] == 0.25
+    lrs = [row["lr"] for row in settings["history"]]
+    # 3 steps an epoch, 2 of warm-up: epoch 1 ends at the peak, epoch 2 at step 3 of 4 of the cosine
+    assert lrs == pytest.approx([1e-3, 1e-3 * 0.5 * (1 + math.cos(0.75 * math.pi))])
+    assert [row["lr"] for row in tuned[1]["finetune"]["history"]] == [1e-3, 1e-3]
+    meta = {p.key: p.value for p in first.metadata_props}["onnxprune.finetune"]
+    assert "'schedule': 'cosine'" in meta and "'warmup': 0.25" in meta
+
+
 def test_softmax_classifier_at_old_opset_trains_on_logits_and_keeps_softmax() -> None:
     data = np.load(SHARED_DATA / "iris.npz")
     x, y = data["X"], data["y"]
@@ -189,7 +207,15 @@ def test_memory_mapped_inputs_are_trained_from_the_map(tmp_path, mnist) -> None:
 
 
 def test_bad_options_fail_before_any_work(pruned, mnist) -> None:
-    for options in ({"epochs": 0}, {"lr": 0.0}, {"optimizer": "lbfgs"}, {"momentum": -1.0}):
+    for options in (
+        {"epochs": 0},
+        {"lr": 0.0},
+        {"optimizer": "lbfgs"},
+        {"momentum": -1.0},
+        {"schedule": "linear"},
+        {"warmup": 1.0},
+        {"warmup": -0.1},
+    ):
         with pytest.raises(ParameterError):
             finetune(pruned, "does-not-exist.npz", **options)
     with pytest.raises(ParameterError):
@@ -244,6 +270,39 @@ def test_cli_prints_epochs_writes_report_and_keeps_provenance(workdir) -> None:
     assert {"onnxprune.method", "onnxprune.source_sha256", "onnxprune.finetune"} <= set(keys)
 
 
+def test_cli_schedule_and_warmup_reach_the_trainer(workdir) -> None:
+    result = invoke(
+        "finetune",
+        workdir / "pruned.onnx",
+        "--train",
+        workdir / "train.npz",
+        "--epochs",
+        2,
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        5e-4,
+        "--schedule",
+        "cosine",
+        "--warmup",
+        0.1,
+        "--report",
+        workdir / "cos.json",
+        "-o",
+        workdir / "cos.onnx",
+    )
+    assert result.exit_code == 0, result.output
+    assert "adamw lr=0.001 (cosine, warm-up 10% (1 steps))" in result.stderr
+    settings = json.loads((workdir / "cos.json").read_text())["finetune"]
+    assert (settings["optimizer"], settings["schedule"], settings["warmup"]) == (
+        "adamw",
+        "cosine",
+        0.1,
+    )
+    assert settings["history"][0]["lr"] > settings["history"][1]["lr"] > 0
+    check(onnx.load(str(workdir / "cos.onnx")))
+
+
 def test_cli_trains_from_a_memory_mapped_npy_and_falls_back_from_cuda(workdir) -> None:
     result = invoke(
         "finetune",
@@ -296,6 +355,8 @@ def test_cli_trains_from_an_image_folder(workdir, mnist) -> None:
         (["--train", "x.npy"], 4, "--train-labels"),
         (["--train", "train.npz", "--momentum", "-1"], 2, "momentum"),
         (["--train", "train.npz", "--epochs", "0"], 2, "epochs"),
+        (["--train", "train.npz", "--warmup", "1.5"], 2, "warmup"),
+        (["--train", "train.npz", "--warmup", "-0.1"], 2, "warmup"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(workdir, extra, code, word) -> None:

@@ -17,7 +17,7 @@ from paths import SHARED_DATA as DATA  # noqa: E402
 from torch import nn
 
 from onnxprune.errors import DataError, ParameterError
-from onnxprune.finetune.trainer import TrainData, TrainResult, evaluate, train
+from onnxprune.finetune.trainer import LRSchedule, TrainData, TrainResult, evaluate, train
 from onnxprune.mlp import Standardizer, build_mlp, split_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +188,126 @@ def test_global_flags_are_restored(iris) -> None:
     assert module.training is False
 
 
+# ----------------------------------------------------------------------------- lr schedule
+
+
+def test_schedule_values_warm_up_linearly_then_decay_by_cosine() -> None:
+    plan = LRSchedule(0.1, total_steps=100, schedule="cosine", warmup=0.1)
+    values = [plan(step) for step in range(100)]
+    assert plan.warmup_steps == 10
+    assert values[:10] == pytest.approx([0.01 * (i + 1) for i in range(10)])
+    assert values[10] == 0.1  # the peak, then a cosine over the remaining 90 steps
+    assert values[55] == pytest.approx(0.05)  # halfway through the decay
+    assert all(a > b for a, b in zip(values[10:], values[11:]))
+    assert 0 < values[-1] < 1e-3 * 0.1  # ~0, never exactly 0
+    constant = LRSchedule(0.1, total_steps=100, schedule="constant", warmup=0.05)
+    assert [constant(step) for step in (0, 4, 5, 99)] == pytest.approx([0.02, 0.1, 0.1, 0.1])
+    assert LRSchedule(0.1, total_steps=7, warmup=0.01).warmup_steps == 1  # at least one step
+
+
+def test_optimizer_steps_with_the_scheduled_learning_rate(iris) -> None:
+    """Plain SGD moves each weight by exactly lr_t * grad_t: the schedule reaches the optimizer."""
+    x_tr, _, y_tr, _ = iris
+    module = iris_mlp(x_tr)
+    weight = next(module.parameters())
+    previous = [weight.detach().clone()]
+    seen: list[tuple[int, float]] = []
+    applied: list[float] = []
+
+    def hook(step: int, lr: float, loss: float) -> None:
+        seen.append((step, lr))
+        assert weight.grad is not None
+        moved = previous[-1] - weight.detach()
+        applied.append(float((moved * weight.grad).sum() / (weight.grad * weight.grad).sum()))
+        previous.append(weight.detach().clone())
+
+    epochs, batch = 4, 16
+    result = train(
+        module,
+        TrainData(x_tr, y_tr),
+        None,
+        "classification",
+        epochs=epochs,
+        lr=0.05,
+        batch_size=batch,
+        optimizer="sgd",
+        schedule="cosine",
+        warmup=0.2,
+        progress=False,
+        on_step=hook,
+    )
+    steps_per_epoch = -(-len(y_tr) // batch)
+    plan = LRSchedule(0.05, epochs * steps_per_epoch, "cosine", 0.2)
+    assert [s for s, _ in seen] == list(range(1, epochs * steps_per_epoch + 1))
+    assert [lr for _, lr in seen] == [plan(step) for step in range(len(seen))]
+    assert applied == pytest.approx([lr for _, lr in seen], rel=2e-3)  # float32 steps
+    peak = max(lr for _, lr in seen)
+    assert seen[0][1] < 0.2 * peak and seen[-1][1] < 0.01 * peak
+    assert [row["lr"] for row in result.history] == [
+        seen[epoch * steps_per_epoch - 1][1] for epoch in range(1, epochs + 1)
+    ]
+
+
+def test_constant_schedule_keeps_the_learning_rate_and_the_old_results(iris) -> None:
+    x_tr, x_te, y_tr, y_te = iris
+    lrs: list[float] = []
+    runs = []
+    for options in ({}, {"schedule": "constant", "warmup": 0.0}, {"schedule": "cosine"}):
+        module = iris_mlp(x_tr)
+        result = train(
+            module,
+            TrainData(x_tr, y_tr),
+            TrainData(x_te, y_te),
+            "classification",
+            epochs=3,
+            lr=1e-2,
+            batch_size=16,
+            progress=False,
+            on_step=lambda step, lr, loss: lrs.append(lr),
+            **options,
+        )
+        runs.append((state(module), result.history))
+    steps = 3 * -(-len(y_tr) // 16)
+    assert lrs[: 2 * steps] == [1e-2] * (2 * steps)
+    assert runs[0][1] == runs[1][1]
+    assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
+    assert runs[2][1] != runs[0][1]  # cosine really changes training
+
+
+def test_cosine_schedule_is_deterministic_per_seed(iris) -> None:
+    x_tr, _, y_tr, _ = iris
+
+    def run() -> dict[str, torch.Tensor]:
+        module = iris_mlp(x_tr)
+        options = dict(epochs=3, batch_size=8, schedule="cosine", warmup=0.1, progress=False)
+        train(module, TrainData(x_tr, y_tr), None, "classification", **options)
+        return state(module)
+
+    first, second = run(), run()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize(
+    "options, word",
+    [
+        ({"schedule": "step"}, "schedule"),
+        ({"schedule": None}, "schedule"),
+        ({"warmup": -0.1}, "warmup"),
+        ({"warmup": 1.0}, "warmup"),
+        ({"warmup": float("nan")}, "warmup"),
+        ({"momentum": -0.5, "optimizer": "sgd"}, "momentum"),
+    ],
+)
+def test_bad_schedule_options_are_one_line_parameter_errors(iris, options, word) -> None:
+    x_tr, _, y_tr, _ = iris
+    module = iris_mlp(x_tr)
+    before = state(module)
+    with pytest.raises(ParameterError, match=word) as raised:
+        train(module, TrainData(x_tr, y_tr), None, "classification", epochs=1, **options)
+    assert "\n" not in str(raised.value)
+    assert all(torch.equal(before[k], v) for k, v in state(module).items())
+
+
 # ----------------------------------------------------------------------------- softmax heads
 
 
@@ -334,7 +454,7 @@ DDP_SCRIPT = textwrap.dedent(
     torch.manual_seed(int(__import__("os").environ["RANK"]))  # DDP must sync the start
     model = build_mlp(4, 3, 2, 16, standardizer=Standardizer.fit(x_tr))
     result = train(model, TrainData(x_tr, y_tr), TrainData(x_te, y_te), "classification",
-                   epochs=30, lr=1e-2, batch_size=16)
+                   epochs=30, lr=1e-2, batch_size=16, schedule="cosine", warmup=0.1)
     rank = dist.get_rank()
     torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
     with open(f"{out}/rank{rank}.json", "w") as handle:
@@ -367,6 +487,8 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert all(r["world"] == 2 for r in reports)
     assert reports[0]["history"] == reports[1]["history"]  # same decisions on both ranks
+    lrs = [row["lr"] for row in reports[0]["history"]]  # one schedule over both shards' steps
+    assert lrs[0] < 1e-2 and lrs[-1] < 1e-4 and max(lrs) > 0.9e-2
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert reports[0]["local"] == reports[0]["best"] >= 0.9
     output = done.stdout + done.stderr

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
+from onnxprune.blas import _blas_controller, one_blas_thread
 from onnxprune.errors import DataError, ParameterError
 from onnxprune.importance import OCNNA, pca95_frobenius
-from onnxprune.importance.ocnna import (
-    _blas_controller,
-    _components_needed,
-    _one_blas_thread,
-    coefficient_of_variation,
-)
+from onnxprune.importance.ocnna import _components_needed, coefficient_of_variation
 
 
 def sklearn_frobenius(a: np.ndarray) -> float:
@@ -261,7 +257,7 @@ def test_bad_chunk_size_is_a_parameter_error() -> None:
 
 
 def test_blas_runs_single_threaded_only_while_solving_and_is_restored_after() -> None:
-    # Many tiny eigvalsh calls are 5-10x slower with OpenBLAS threads; see ocnna.py.
+    # Many tiny eigvalsh calls are 5-10x slower with OpenBLAS threads; see blas.py.
     pytest.importorskip("threadpoolctl")
     controller = _blas_controller()
 
@@ -270,6 +266,6 @@ def test_blas_runs_single_threaded_only_while_solving_and_is_restored_after() ->
 
     before = blas_threads()
     assert before  # numpy's own BLAS is always loaded
-    with _one_blas_thread():
+    with one_blas_thread():
         assert blas_threads() == [1] * len(before)
     assert blas_threads() == before

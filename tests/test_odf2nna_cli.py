@@ -1,4 +1,5 @@
-"""`onnxprune odf2nna`: both forms, --sweep, outputs, and one clear line per bad input."""
+"""`onnxprune odf2nna` (both forms, --sweep) and `onnxprune sweep odf2nna`: outputs, one
+observation pass for all epsilons, and one clear line per bad input."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from click.testing import CliRunner
 from dense_forms import build_dense, layer_units, sample
 from paths import SHARED_DATA
 
+import onnxprune
+import onnxprune.methods.odf2nna as odf2nna_method
 from onnxprune.cli import main
 from onnxprune.cli.odf2nna import parse_sweep
 from onnxprune.errors import ParameterError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def invoke(*args):
@@ -29,7 +34,8 @@ def _sha(path: Path) -> str:
 
 @pytest.fixture
 def workdir(tmp_path):
-    """A dense model whose second hidden layer is linear on the data and varies < 0.1."""
+    """A dense model whose second hidden layer is linear on the data and varies < 0.1, its
+    measuring data, class labels (test.npz) and float targets (targets.npz)."""
     model = build_dense(
         (5, 8, 6, 3),
         "matmul_add",
@@ -40,9 +46,11 @@ def workdir(tmp_path):
     )
     onnx.save(model, str(tmp_path / "mlp.onnx"))
     x = sample(model, rows=300)
-    y = run(model, x)[0].argmax(axis=1)
+    out = run(model, x)[0]
+    noise = np.random.default_rng(3).normal(scale=0.05, size=out.shape).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x[:200])
-    np.savez(tmp_path / "test.npz", x=x[200:], y=y[200:])
+    np.savez(tmp_path / "test.npz", x=x[200:], y=out[200:].argmax(axis=1))
+    np.savez(tmp_path / "targets.npz", x=x[200:], y=out[200:] + noise[200:])  # regression
     return tmp_path
 
 
@@ -97,8 +105,25 @@ def test_sweep_writes_table_json_and_plot(workdir):
     assert params[0] < table["rows"][0]["params_original"]
     markdown = (workdir / "out-sweep.md").read_text()
     assert markdown.count("\n| ") == 1 + 5 and "accuracy PWR" in markdown
-    assert (workdir / "out-sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (workdir / "out-sweep.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "| 5 |" in result.output
+
+
+def test_sweep_into_a_directory_keeps_the_model_name(workdir):
+    (workdir / "runs").mkdir()
+    data = ["--data", workdir / "eval.npz", "--eval", workdir / "test.npz"]
+    result = invoke(
+        "odf2nna", workdir / "mlp.onnx", "--sweep", "0,0.1", *data, "-o", workdir / "runs", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (workdir / "runs").iterdir())
+    assert names == [
+        "mlp.odf2nna-e0.1.onnx",
+        "mlp.odf2nna-e0.onnx",
+        "mlp.odf2nna-sweep.json",
+        "mlp.odf2nna-sweep.md",
+        "mlp.odf2nna-sweep.png",
+    ]
 
 
 def test_algorithm_1_from_train_and_test_tables(tmp_path):
@@ -221,3 +246,140 @@ def test_quantize_int8_writes_a_verified_int8_copy(workdir):
         "int8",
     )
     assert refused.exit_code == 2 and "--quantize" in refused.stderr
+
+
+def _counted_observations(monkeypatch) -> list[int]:
+    """Count ODF2NNA's observation passes (the real onnxruntime pass, only counted)."""
+    calls: list[int] = []
+    real = odf2nna_method.score_sources
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(odf2nna_method, "score_sources", counting)
+    return calls
+
+
+def test_sweep_odf2nna_observes_once_and_gives_the_models_of_single_runs(workdir, monkeypatch):
+    calls = _counted_observations(monkeypatch)
+    model = workdir / "mlp.onnx"
+    before = _sha(model)
+    epsilons = ["0", "0.002", "0.05", "1"]
+    data = ["--data", workdir / "eval.npz", "--eval", workdir / "test.npz"]
+    out = workdir / "out"
+    out.mkdir()
+    result = invoke(
+        "sweep",
+        "odf2nna",
+        model,
+        "--epsilon",
+        ",".join(epsilons),
+        *data,
+        "--save-models",
+        "-o",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert _sha(model) == before
+    table = json.loads((out / "mlp.odf2nna-sweep.json").read_text())
+    assert table["method"] == "odf2nna" and table["metric"] == "accuracy"
+    assert table["parameter"] == "epsilon" and table["x_scale"] == "log"
+    assert [row["epsilon"] for row in table["rows"]] == [float(e) for e in epsilons]
+    assert len(table["timings"]["per_epsilon_s"]) == len(epsilons)
+    for row, epsilon in zip(table["rows"], epsilons):
+        single_path = workdir / f"single-e{epsilon}.onnx"
+        single = invoke("odf2nna", model, "--epsilon", epsilon, *data, "-o", single_path, "-q")
+        assert single.exit_code == 0, single.output
+        swept = onnx.load(str(out / f"mlp.odf2nna-e{epsilon}.onnx"))
+        check(swept)
+        assert swept.SerializeToString() == single_path.read_bytes()
+        kept = [n for n in row["units_kept"].values() if n]  # 0: removed and bridged
+        assert kept == layer_units(swept)[:-1]
+    assert len(calls) == 1 + len(epsilons)
+    rows = table["rows"]
+    assert [list(r["units_kept"].values()) for r in rows] == [[7, 6], [7, 6], [7, 0], [0, 0]]
+    assert rows[2]["layers_removed"] == ["dense1"] and table["original"]["accuracy"] == 1.0
+    rprs = [row["rpr"] for row in rows]
+    assert rprs == sorted(rprs, reverse=True) and rprs[-1] < 0.5
+    markdown = (out / "mlp.odf2nna-sweep.md").read_text()
+    assert "| original | 123 | 1.000 |" in markdown and "| 0.05 |" in markdown
+    assert "| 8-6 |" in markdown and "| 7-0 |" in markdown
+    assert "| epsilon | parameters | RPR |" in result.output
+    assert (out / "mlp.odf2nna-sweep.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_sweep_odf2nna_regression_reports_mse(workdir, monkeypatch):
+    calls = _counted_observations(monkeypatch)
+    result = invoke(
+        "sweep",
+        "odf2nna",
+        workdir / "mlp.onnx",
+        "--epsilon",
+        "0.01,0.1",
+        "--data",
+        workdir / "eval.npz",
+        "--eval",
+        workdir / "targets.npz",
+        "--report",
+        workdir / "reg.json",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == "" and len(calls) == 1
+    table = json.loads((workdir / "reg.json").read_text())
+    assert table["metric"] == "mse" and "accuracy" not in table["original"]
+    assert table["original"]["mse"] == pytest.approx(0.0025, rel=0.3)  # the noise
+    for row in table["rows"]:
+        single = onnxprune.odf2nna(
+            str(workdir / "mlp.onnx"),
+            row["epsilon"],
+            str(workdir / "eval.npz"),
+            eval_data=str(workdir / "targets.npz"),
+        )
+        assert row["mse_after"] == single.report["mse_after"]
+        assert row["params"] == single.report["params_after"]
+        assert row["mse_after"] < 2 * table["original"]["mse"]  # the mean folding holds
+    assert "mse (no retraining)" in (workdir / "reg.md").read_text()
+    png = workdir / "reg.png"
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(png)).shape[:2]
+    assert height >= 500 and width >= 800
+    assert not list(workdir.glob("mlp.odf2nna-*"))  # no models without --save-models
+
+
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["--epsilon", "0.1,abc"], 2, "bad epsilon 'abc'"),
+        (["--epsilon", "0.1,-0.5"], 2, "epsilon must be a finite number >= 0"),
+        (["--epsilon", "inf"], 2, "epsilon must be a finite number >= 0"),
+        (["--epsilon", ""], 2, "bad epsilon ''"),
+        (["--epsilon", "0.2:0.1:0.1"], 2, "bad epsilon"),
+        (["--report", "table.png"], 2, "must end in .json"),
+        (["-o", "nowhere/run"], 5, "does not exist"),
+        (["--eval", "eval.npz"], 4, "needs a 'y'"),
+        (["--data", "nan.npz"], 4, "NaN"),
+        (["--data", None], 4, "needs data"),
+        (["--eval", None], 2, "Missing option '--eval'"),
+    ],
+)
+def test_sweep_odf2nna_bad_input_is_one_line_and_writes_nothing(workdir, args, code, needle):
+    bad = np.load(workdir / "eval.npz")["x"].copy()
+    bad[3, 2] = np.nan
+    np.savez(workdir / "nan.npz", x=bad)
+    options = {"--epsilon": "0.01,0.1", "--data": "eval.npz", "--eval": "test.npz"}
+    options.update(dict(zip(args[::2], args[1::2])))
+    command = ["sweep", "odf2nna", workdir / "mlp.onnx"]
+    for name, value in options.items():
+        if value is not None:
+            command += [name, value if name == "--epsilon" else workdir / value]
+    files = sorted(p.name for p in workdir.iterdir())
+    result = invoke(*command)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error") and needle in lines[0], lines
+    assert sorted(p.name for p in workdir.iterdir()) == files

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import build, random_feeds, run
+from builders import build, check, random_feeds, run
 from checks import analysis_of, coupled, dead_exact, interface, prune_checked
 from dead import kill
 from onnx import helper, numpy_helper
@@ -23,7 +23,7 @@ from onnxprune.select import keep_nonempty, percentile_mask
 from onnxprune.verify import verify
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-KS = (40,)  # the torchvision zoo sweeps 10/40/75; one k keeps these 224-px files fast
+KS = (10, 40, 75)  # as the torchvision zoo
 # Heavy ones (hundreds of MB of folded weights, or 500+ layers at 224 px) run with the
 # zoo tests (venv-zoo) to keep the default run fast.
 HEAVY = pytest.mark.zoo
@@ -143,15 +143,23 @@ def test_model_zoo_file_prunes_validly_and_exactly(name):
         assert float(np.abs(have - want).max()) <= 1e-4 * scale
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.first_feed verifies with up to 8 samples even when the model's batch "
-    "dimension is fixed to 1 (onnxruntime rejects the feed); observing with batch_size=1 works",
-)
-def test_ocnna_on_a_fixed_batch_model_with_several_samples():
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_ocnna_on_a_fixed_batch_model_with_several_samples(batch_size):
+    """The model's batch dimension is fixed to 1: every pass (observation, verification,
+    recovery, evaluation) feeds batches of exactly that size, whatever --batch-size says."""
     model = build("old_zoo_style")
-    data = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    onnxprune.ocnna(model, k=40, data=data, batch_size=1)
+    rng = np.random.default_rng(0)
+    data = {
+        "x": rng.standard_normal((4, 3, 32, 32)).astype(np.float32),
+        "y": rng.integers(0, 10, 4),
+    }
+    result = onnxprune.ocnna(
+        model, k=40, data=data["x"], eval_data=data, batch_size=batch_size, reconstruct=True
+    )
+    check(result.model, batch=1)
+    assert result.report["samples"] == 4
+    assert 0.0 <= result.report["accuracy_after"] <= 1.0
+    assert result.report["params_after"] < result.report["params_before"]
 
 
 def test_old_zoo_style_prunes_with_its_quirks():

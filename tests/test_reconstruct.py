@@ -24,7 +24,8 @@ from onnxprune.errors import DataError
 from onnxprune.methods.odf2nna import observe_units
 from onnxprune.normal_equations import RIDGE_GRID, NormalEquations, choose_ridge
 from onnxprune.pipeline import apply_masks, masks_for_removal
-from onnxprune.reconstruct import kept_outputs, measure, reconstruct
+from onnxprune.reconstruct import kept_outputs, reconstruct
+from onnxprune.recovery import measure
 from onnxprune.refit_layers import ConvLayer, im2col
 from onnxprune.score import consumer_inputs
 from onnxprune.verify import run as run_named

@@ -1,5 +1,5 @@
 """`sweep ocnna`: one observation pass for every k, the same models as single runs, and a
-table and plot people can read."""
+table and plot people can read (`sweep odf2nna`: tests/test_odf2nna_cli.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import onnxprune
 import onnxprune.methods.ocnna as ocnna_method
 from onnxprune.cli import main
+from onnxprune.select import check_epsilon
 from onnxprune.sweep import parse_values, sweep_ocnna
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -117,6 +118,7 @@ def test_sweep_with_finetune_and_int8_and_a_report_path(workdir):
         workdir / "dvar.npz",
         "--eval",
         workdir / "test.npz",
+        "--no-reconstruct",  # the fine-tune must have accuracy to win back
         "--finetune",
         workdir / "train.npz",
         "--quantize",
@@ -156,5 +158,8 @@ def test_bad_k_list_is_one_line_and_writes_nothing(workdir):
 
 def test_parse_values():
     assert parse_values("40, 10,10,75") == [10.0, 40.0, 75.0]
-    with pytest.raises(onnxprune.ParameterError):
-        parse_values("")
+    assert parse_values("10:30:10,75") == [10.0, 20.0, 30.0, 75.0]
+    assert parse_values("0.1,0:0.02:0.01", check_epsilon) == [0.0, 0.01, 0.02, 0.1]
+    for bad in ("", "10,,20", "30:10:5", "0:10:0", "1e3"):
+        with pytest.raises(onnxprune.ParameterError):
+            parse_values(bad)

@@ -37,8 +37,9 @@ COVERED = ("resnet50", "vgg16", "mobilenet_v2", "densenet121")
 # Barriers each architecture is known to contain (besides the classifier output).
 EXPECTED_BARRIERS = {
     "shufflenet_v2_x0_5": ("Reshape", "depthwise Conv"),  # depthwise after each shuffle
-    "regnet_x_400mf": ("grouped Conv",),
 }
+# Grouped (not depthwise) convs: pruned equally in every group, never frozen for it.
+GROUPED = {"regnet_x_400mf"}
 # Residual Adds and SE Muls couple layers into one group; plain/Concat nets never do.
 COUPLED = {"resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"}
 COUPLED |= {"regnet_x_400mf", "mnasnet0_5"}
@@ -69,7 +70,7 @@ def _interface(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize(("name", "k"), [(name, k) for name in ZOO for k in KS])
 def test_zoo_model_prunes_to_a_valid_model(name, k):
     scores, interface, shapes = scored(name)
-    pruned, report = prune_scored(scores, k)
+    pruned, report = prune_scored(scores, k, reconstruct=k == 40)  # the refit once per model
 
     onnx.checker.check_model(pruned, full_check=True)
     assert _interface(pruned) == interface
@@ -88,8 +89,13 @@ def test_zoo_model_prunes_to_a_valid_model(name, k):
     for barrier in EXPECTED_BARRIERS.get(name, ()):
         assert any(barrier in reason for reason in listed.values()), (barrier, listed)
 
+    assert not any("grouped Conv" in reason for reason in listed.values())
+    evened = [layer for layer in report["layers"] if layer["equal_groups"] > 1]
+    assert bool(evened) == (name in GROUPED)
+    assert all(layer["prunable"] for layer in evened)
     for layer in report["layers"]:
-        drop = min(math.floor(k * layer["total"] / 100 + 1e-9), layer["total"] - 1)
+        width = layer["total"] // layer["equal_groups"]  # a grouped conv's groups drop alike
+        drop = layer["equal_groups"] * min(math.floor(k * width / 100 + 1e-9), width - 1)
         if not layer["prunable"]:
             assert layer["kept"] == layer["total"], layer
         else:  # a Split/Slice output may get one channel back so it is never empty

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: one-line errors with exit codes, output path checks.
+"""Shared CLI plumbing: one-line errors with exit codes, output path checks, and the
+option blocks several commands share (so one option reads the same everywhere).
 
 Exit codes: 0 success, 1 internal error, 2 bad option, 3 bad model, 4 bad data,
 5 output cannot be written.
@@ -11,13 +12,105 @@ import functools
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .. import progress
 from ..errors import OnnxPruneError, OutputError, ParameterError
+
+F = TypeVar("F", bound=Callable[..., Any])
+FILE = click.Path(dir_okay=False)
+REPORT_HELP = "Write the JSON report here (and a Markdown copy beside it)."
+
+
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator; --help lists them in the order given."""
+
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+force_option = click.option("--force", is_flag=True, help="Overwrite existing output files.")
+batch_size_option = click.option("--batch-size", type=int, default=64, show_default=True)
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True)
+run_options = options(batch_size_option, device_option, seed_option, force_option)
+
+
+def data_options(
+    data_help: str,
+    eval_help: str,
+    *,
+    data_required: bool = False,
+    eval_required: bool = False,
+    folders: bool = False,
+) -> Callable[[F], F]:
+    """``--data`` (samples to observe; ``folders``: image folders too) and ``--eval``."""
+    return options(
+        click.option(
+            "--data",
+            required=data_required,
+            type=click.Path() if folders else FILE,
+            help=data_help,
+        ),
+        click.option("--eval", "eval_data", required=eval_required, type=FILE, help=eval_help),
+    )
+
+
+def output_options(
+    output_help: str | None, report_help: str = REPORT_HELP, *, prefix: bool = False
+) -> Callable[[F], F]:
+    """``-o/--output`` (a path, or with ``prefix`` a free-form stem) and ``--report``.
+
+    ``output_help`` None: the command has no ``-o``, only the report.
+    """
+    report = click.option("--report", "report_path", type=FILE, help=report_help)
+    if output_help is None:
+        return report
+    output = click.option("-o", "--output", type=None if prefix else FILE, help=output_help)
+    return options(output, report)
+
+
+ocnna_options = options(
+    click.option(
+        "--criterion",
+        default="ocnna",
+        show_default=True,
+        type=click.Choice(["ocnna", "l1", "random", "apoz"]),
+        help="Importance criterion (baselines share groups and selection).",
+    ),
+    click.option("--convs-only", is_flag=True, help="Prune conv filters only, keep dense units."),
+    click.option(
+        "--round-to",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Round kept channel counts up to a multiple of this (8 or 16 for speed).",
+    ),
+    click.option(
+        "--compensate/--no-compensate",
+        default=True,
+        show_default=True,
+        help="Fold removed channels' mean activation into the next layers' biases.",
+    ),
+    click.option(
+        "--reconstruct/--no-reconstruct",
+        default=True,
+        show_default=True,
+        help="Refit the layers that lost inputs by least squares on D_var to match the "
+        "original (--no-reconstruct --no-compensate: OCNNA exactly as the paper).",
+    ),
+)
+"""OCNNA's selection and recovery settings, the same for one k and for a sweep."""
 
 
 def handle_errors(command):
@@ -95,5 +188,22 @@ def rollback_on_error(paths: list[Path | None]) -> Iterator[None]:
         raise
 
 
+def output_prefix(output: str | None, fallback: str) -> str:
+    """``-o`` as a prefix for several files: ``out/run`` as given, ``.onnx`` / ``.json``
+    dropped, and an existing directory gets the fallback's name inside it."""
+    if output is None:
+        return fallback
+    if output.endswith(("/", "\\")) or Path(output).is_dir():
+        return str(Path(output) / Path(fallback).name)
+    for suffix in (".onnx", ".json"):
+        if output.endswith(suffix):
+            return output[: -len(suffix)]
+    return output
+
+
 def k_tag(k: float) -> str:
     return f"k{int(k)}" if float(k).is_integer() else f"k{k:g}"
+
+
+def eps_tag(epsilon: float) -> str:
+    return f"e{epsilon:g}"

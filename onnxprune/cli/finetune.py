@@ -58,6 +58,7 @@ def _show(report: dict) -> None:
 Examples:
   onnxprune finetune pruned.onnx --train train.npz --eval test.npz --epochs 3
   onnxprune finetune pruned.onnx --train x.npy --train-labels y.npy --optimizer sgd --lr 0.01
+  onnxprune finetune pruned.onnx --train train.npz --schedule cosine --warmup 0.05
   torchrun --nproc_per_node 2 --no-python onnxprune finetune pruned.onnx --train train.npz
 """
 )
@@ -97,9 +98,29 @@ Examples:
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "adamw", "sgd"]),
+    default="adam",
+    show_default=True,
+    help="adamw decouples --weight-decay from the gradient (as torch.optim.AdamW).",
+)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum.")
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="Learning rate per step: constant, or cosine decay from --lr to ~0 over all epochs.",
+)
+@click.option(
+    "--warmup",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Fraction of all steps (0 <= w < 1) spent rising linearly to --lr.",
+)
 @click.option(
     "--device",
     type=click.Choice(["cpu", "cuda"]),
@@ -124,6 +145,8 @@ def finetune(
     optimizer,
     weight_decay,
     momentum,
+    schedule,
+    warmup,
     device,
     seed,
     force,
@@ -149,6 +172,8 @@ def finetune(
         optimizer=optimizer,
         weight_decay=weight_decay,
         momentum=momentum,
+        schedule=schedule,
+        warmup=warmup,
         seed=seed,
         device=device,
         measure_start=True,

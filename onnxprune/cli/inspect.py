@@ -26,7 +26,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @handle_errors
 def inspect(model, data, as_json) -> None:
-    """Show MODEL's channel groups: sizes, what can be pruned and why not, params, MACs."""
+    """Show MODEL's channel groups: sizes, what can be pruned and why not, params, FLOPs."""
     from ..inspection import inspect as run_inspect
     from ..inspection import print_inspection
 

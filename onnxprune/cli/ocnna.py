@@ -7,7 +7,17 @@ from pathlib import Path
 import click
 
 from . import main
-from .common import check_outputs, check_suffix, default_output, handle_errors, k_tag
+from .common import (
+    check_outputs,
+    check_suffix,
+    data_options,
+    default_output,
+    handle_errors,
+    k_tag,
+    ocnna_options,
+    output_options,
+    run_options,
+)
 from .quantize import int8_path, quantize_option, save_with_int8
 
 
@@ -17,9 +27,10 @@ Examples:
   onnxprune ocnna model.onnx --k 40 --data dvar.npz
   onnxprune ocnna model.onnx --k 40 --data dvar.npz --eval test.npz -o small.onnx --report r.json
   onnxprune ocnna model.onnx --k 40 --data dvar.npz --finetune train.npz --quantize int8
+  onnxprune ocnna model.keras --k 40 --data dvar.npz --finetune train.npz --framework keras
 """
 )
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # a directory: a TensorFlow SavedModel
 @click.option(
     "--k",
     "k",
@@ -28,61 +39,18 @@ Examples:
     show_default=True,
     help="Percentile of significance: drop k% of each group's channels, 0 <= k < 100.",
 )
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(),
-    help="D_var samples (.npz with x/X, .npy, or an image folder) used to score channels.",
+@data_options(
+    "D_var samples (.npz with x/X, .npy, or an image folder) used to score channels.",
+    "Labelled data (.npz with x and y): accuracy before and after.",
+    folders=True,
 )
-@click.option(
-    "--eval",
-    "eval_data",
-    type=click.Path(dir_okay=False),
-    help="Labelled data (.npz with x and y): accuracy before and after.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].",
-)
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False),
-    help="Write the JSON report here (and a Markdown copy beside it).",
-)
-@click.option(
-    "--criterion",
-    default="ocnna",
-    show_default=True,
-    type=click.Choice(["ocnna", "l1", "random", "apoz"]),
-    help="Importance criterion (baselines share groups and selection).",
-)
-@click.option("--convs-only", is_flag=True, help="Prune conv filters only, keep dense units.")
-@click.option(
-    "--round-to",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Round kept channel counts up to a multiple of this (8 or 16 for speed).",
-)
-@click.option(
-    "--compensate/--no-compensate",
-    default=True,
-    show_default=True,
-    help="Fold removed channels' mean activation into the next layers' biases.",
-)
-@click.option(
-    "--reconstruct",
-    is_flag=True,
-    help="Refit the layers that lost inputs by least squares on D_var to match the original.",
-)
+@output_options("Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].")
+@ocnna_options
 @click.option(
     "--finetune",
     "finetune_data",
     type=click.Path(dir_okay=False),
-    help="Labelled training data: fine-tune the pruned model (PyTorch) after pruning.",
+    help="Labelled training data: fine-tune the pruned model after pruning (see --framework).",
 )
 @click.option("--epochs", type=int, default=1, show_default=True, help="Fine-tune epochs.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tune learning rate.")
@@ -93,8 +61,14 @@ Examples:
     show_default=True,
     help="Fine-tune optimizer.",
 )
+@click.option(
+    "--framework",
+    type=click.Choice(["torch", "keras"]),
+    default="torch",
+    show_default=True,
+    help="Fine-tune in PyTorch (any ONNX model) or in Keras (MODEL is .keras/.h5/SavedModel).",
+)
 @quantize_option
-@click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option(
     "--memory-budget",
     type=float,
@@ -102,9 +76,7 @@ Examples:
     metavar="MB",
     help="Cap on activation memory while scoring; splits observation into passes if needed.",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@run_options
 @handle_errors
 def ocnna(
     model,
@@ -122,6 +94,7 @@ def ocnna(
     epochs,
     lr,
     optimizer,
+    framework,
     batch_size,
     device,
     seed,
@@ -139,6 +112,9 @@ def ocnna(
     check_suffix(output, ".onnx", "the output model")
     check_suffix(report, ".json", "the report (a Markdown copy goes beside it)")
     check_outputs([output, report, int8_path(output) if quantize else None], force, model)
+    keras_finetune = finetune_data is not None and framework == "keras"
+    if keras_finetune:  # the same pruning, plus the user's Keras model rebuilt to match
+        from ..keras import ocnna as run_ocnna
     result = run_ocnna(
         model,
         k,
@@ -154,7 +130,20 @@ def ocnna(
         reconstruct=reconstruct,
         memory_budget=memory_budget,
     )
-    if finetune_data is not None:
+    if keras_finetune:
+        from ..keras import finetune_result
+
+        finetune_result(
+            result,
+            finetune_data,
+            eval_data,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            seed=seed,
+        )
+    elif finetune_data is not None:
         from ..finetune.round_trip import finetune
 
         tuned, extra = finetune(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -13,9 +12,16 @@ from . import main
 from .common import (
     check_outputs,
     check_suffix,
+    data_options,
     default_output,
+    device_option,
+    eps_tag,
+    force_option,
     handle_errors,
+    output_options,
+    output_prefix,
     rollback_on_error,
+    seed_option,
 )
 from .quantize import int8_path, quantize_option, save_with_int8
 
@@ -23,33 +29,9 @@ from .quantize import int8_path, quantize_option, save_with_int8
 def parse_sweep(text: str) -> list[float]:
     """``0.002,0.01,0.1`` or ``start:stop:step`` ranges (stop included), mixed by commas."""
     from ..select import check_epsilon
+    from ..sweep import parse_values
 
-    values: list[float] = []
-    for part in (p.strip() for p in text.split(",")):
-        try:
-            if ":" in part:
-                start, stop, step = (float(v) for v in part.split(":"))
-                if not step > 0 or stop < start:
-                    raise ValueError
-                count = math.floor((stop - start) / step + 1e-9) + 1
-                values += [round(start + i * step, 12) for i in range(count)]
-            else:
-                values.append(float(part))
-        except ValueError:
-            raise ParameterError(
-                f"bad --sweep item {part!r}: use numbers like 0.002,0.01 or start:stop:step"
-            ) from None
-    return sorted({check_epsilon(v) for v in values})
-
-
-def eps_tag(epsilon: float) -> str:
-    return f"e{epsilon:g}"
-
-
-def _prefix(output: str | None, fallback: str) -> str:
-    if output is None:
-        return fallback
-    return output[: -len(".onnx")] if output.endswith(".onnx") else output
+    return parse_values(text, check_epsilon, what="--sweep item", example="0.002,0.01")
 
 
 @main.command(
@@ -57,15 +39,16 @@ def _prefix(output: str | None, fallback: str) -> str:
 Examples:
   onnxprune odf2nna mlp.onnx --epsilon 0.05 --data eval.npz --eval test.npz -o small.onnx
   onnxprune odf2nna mlp.onnx --sweep 0.002,0.01,0.1,0.5 --data eval.npz --eval test.npz
+  onnxprune odf2nna mlp.keras --epsilon 0.05 --data eval.npz --finetune train.npz \\
+      --framework keras --no-bridge
   onnxprune odf2nna --train train.npz --test test.npz --layers 3 --epsilon 0.05 --epochs 200
   onnxprune odf2nna --train train.npz --test test.npz --sweep 0.1:0.9:0.2 -o out/spam
 """
 )
-@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.argument("model", required=False, type=click.Path())  # a directory: a SavedModel
 @click.option("--epsilon", type=float, help="Keep units whose output std > epsilon (>= 0).")
 @click.option("--sweep", help="Several epsilons: 0.002,0.01,0.1 or start:stop:step.")
-@click.option("--data", type=click.Path(dir_okay=False), help="Samples to measure units (MODEL).")
-@click.option("--eval", "eval_data", type=click.Path(dir_okay=False), help="Labelled test data.")
+@data_options("Samples to measure units (MODEL).", "Labelled test data.")
 @click.option(
     "--train", "train_data", type=click.Path(dir_okay=False), help="Algorithm 1: training table."
 )
@@ -104,13 +87,19 @@ Examples:
     type=click.Path(dir_okay=False),
     help="MODEL: labelled training data to retrain the pruned model (PR column).",
 )
+@click.option(
+    "--framework",
+    type=click.Choice(["torch", "keras"]),
+    default="torch",
+    show_default=True,
+    help="Fine-tune in PyTorch (any ONNX model) or in Keras (MODEL is .keras/.h5/SavedModel).",
+)
 @click.option("--no-bridge", is_flag=True, help="Keep one unit instead of removing a layer.")
 @quantize_option
-@click.option("-o", "--output", help="Output model [sweep / Algorithm 1: output prefix].")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@output_options("Output model [sweep / Algorithm 1: output prefix].", "JSON report.", prefix=True)
+@device_option
+@seed_option
+@force_option
 @handle_errors
 def odf2nna(model, train_data, test_data, **options) -> None:
     """Prune dense units of MODEL with ODF2NNA, or build one from --train/--test (Algorithm 1)."""
@@ -146,7 +135,7 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
     if sweep and options["eval_data"] is None:
         raise ParameterError("--sweep needs --eval (labelled data for the table)")
     if sweep:
-        prefix = _prefix(options["output"], str(default_output(model, "odf2nna"))[:-5])
+        prefix = output_prefix(options["output"], str(default_output(model, "odf2nna"))[:-5])
         outputs = [Path(f"{prefix}-{eps_tag(e)}.onnx") for e in epsilons]
         table = Path(options["report_path"] or f"{prefix}-sweep.json")
         reports = list(sweep_paths(table))
@@ -163,6 +152,9 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
     check_outputs([*outputs, *reports, int8_output], force, model)
     epochs = options["epochs"] or 3
     batch_size = options["batch_size"] or 64
+    keras_finetune = options["finetune_data"] is not None and options["framework"] == "keras"
+    if keras_finetune:  # the same pruning, plus the user's Keras model rebuilt to match
+        from ..keras import odf2nna_sweep
     results = odf2nna_sweep(
         model,
         epsilons,
@@ -173,7 +165,19 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
         bridge=not options["no_bridge"],
     )
     for result in results:
-        if options["finetune_data"] is not None:
+        if keras_finetune:
+            from ..keras import finetune_result
+
+            finetune_result(
+                result,
+                options["finetune_data"],
+                options["eval_data"],
+                epochs=epochs,
+                lr=options["lr"],
+                batch_size=batch_size,
+                seed=options["seed"],
+            )
+        elif options["finetune_data"] is not None:
             from ..finetune.round_trip import carry_metadata, finetune
 
             tuned, extra = finetune(
@@ -220,7 +224,7 @@ def _from_dataset(train: str, test: str, epsilons: list[float], options: dict) -
     force = options["force"]
     if options["finetune_data"] or options["data"] or options["eval_data"]:
         raise ParameterError("--data, --eval and --finetune are for MODEL; Algorithm 1 uses --test")
-    prefix = _prefix(options["output"], default_prefix(train))
+    prefix = output_prefix(options["output"], default_prefix(train))
     original_path = Path(f"{prefix}.original.onnx")
     pruned_paths = [Path(f"{prefix}.pruned-{eps_tag(e)}.onnx") for e in epsilons]
     refined_paths = [Path(f"{prefix}.refined-{eps_tag(e)}.onnx") for e in epsilons]

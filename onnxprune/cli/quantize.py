@@ -14,10 +14,15 @@ import click
 from .. import progress
 from . import main
 from .common import (
+    FILE,
+    batch_size_option,
     check_outputs,
     check_suffix,
+    data_options,
     default_output,
+    force_option,
     handle_errors,
+    output_options,
     rollback_on_error,
 )
 
@@ -59,31 +64,13 @@ Examples:
   onnxprune quantize model.onnx --data dvar.npz --calibration-samples 256 --report q.json
 """
 )
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Calibration samples (.npz with x/X, or .npy): the same D_var as for pruning.",
+@click.argument("model", type=FILE)
+@data_options(
+    "Calibration samples (.npz with x/X, or .npy): the same D_var as for pruning.",
+    "Labelled data (.npz with x and y): accuracy / MSE of both models.",
+    data_required=True,
 )
-@click.option(
-    "--eval",
-    "eval_data",
-    type=click.Path(dir_okay=False),
-    help="Labelled data (.npz with x and y): accuracy / MSE of both models.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="INT8 model path [default: <model>.int8.onnx beside the input].",
-)
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False),
-    help="Write the JSON report here (and a Markdown copy beside it).",
-)
+@output_options("INT8 model path [default: <model>.int8.onnx beside the input].")
 @click.option(
     "--calibration-samples",
     type=int,
@@ -96,11 +83,19 @@ Examples:
     show_default=True,
     help="Run onnxruntime's quant_pre_process (shape inference, graph optimisation) first.",
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@batch_size_option
+@force_option
 @handle_errors
 def quantize(
-    model, data, eval_data, output, report_path, calibration_samples, preprocess, batch_size, force
+    model: str,
+    data: str,
+    eval_data: str | None,
+    output: str | None,
+    report_path: str | None,
+    calibration_samples: int | None,
+    preprocess: bool,
+    batch_size: int,
+    force: bool,
 ) -> None:
     """Quantize MODEL to static INT8 (QDQ, per-channel weights), calibrated on --data.
 

@@ -122,6 +122,8 @@ def finetune(
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     momentum: float = 0.0,
+    schedule: str = "constant",
+    warmup: float = 0.0,
     seed: int = 0,
     device: str = "cpu",
     measure_start: bool = False,
@@ -130,17 +132,18 @@ def finetune(
 
     Cross-entropy for integer labels (on logits when the model ends in Softmax), MSE for
     float targets; keeps the best epoch by the eval metric, or by training loss without
-    eval data. The same seed, thread count and process count give a byte-identical model.
+    eval data. ``optimizer`` is adam, adamw or sgd (with ``momentum``); ``schedule``
+    ("constant" or "cosine" decay to ~0, per step) and ``warmup`` (fraction of the steps
+    of linear warm-up) shape the learning rate, so the original training's recipe can be
+    repeated. The same seed, thread count and process count give a byte-identical model.
     ``measure_start`` adds the eval metric of ``model`` itself (before training).
     Under torchrun, ranks other than 0 return ``(None, report)`` and must write nothing.
     """
     from .convert import onnx_to_torch
     from .export import export_onnx
-    from .trainer import _check_options, train
+    from .trainer import check_options, train
 
-    _check_options(epochs, lr, batch_size, optimizer, weight_decay, None)
-    if momentum < 0:
-        raise ParameterError(f"momentum must be >= 0, got {momentum}")
+    check_options(epochs, lr, batch_size, optimizer, weight_decay, None, schedule, warmup, momentum)
     device = resolve_device(device)
     main_rank = _rank() == 0
     original = load_model(model)
@@ -155,6 +158,8 @@ def finetune(
         "optimizer": optimizer,
         "weight_decay": weight_decay,
         "momentum": momentum,
+        "schedule": schedule,
+        "warmup": warmup,
         "seed": seed,
         "device": device,
     }
@@ -180,6 +185,8 @@ def finetune(
             optimizer=optimizer,  # type: ignore[arg-type]
             weight_decay=weight_decay,
             momentum=momentum,
+            schedule=schedule,  # type: ignore[arg-type]
+            warmup=warmup,
             seed=seed,
             device=device,
             progress=main_rank,

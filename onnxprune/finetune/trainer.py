@@ -11,6 +11,13 @@ pruning) and fine-tuning of converted ONNX models. Design choices and why:
 - Under ``torchrun`` (WORLD_SIZE > 1) the module is wrapped in DistributedDataParallel and
   each process reads its own shard; ``batch_size`` is per process. Evaluation is sharded
   and all-reduced, so every rank takes the same best-epoch and early-stopping decisions.
+- The learning rate follows a per-step schedule (``optim.LRSchedule``): a fine-tune of a
+  pruned model starts from good weights, so a warm-up avoids wrecking them with the first
+  large Adam steps and a cosine decay ends near 0, as the original training ended.
+
+The pieces live beside this file: ``data`` (TrainData, batching), ``scoring`` (losses,
+``evaluate``), ``optim`` (optimizer, schedule, option checks), ``distributed``. Their public
+names are re-exported here, the import path used across onnxprune.
 """
 
 from __future__ import annotations
@@ -18,58 +25,48 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import DataError, ParameterError
 from ..progress import info, track
+from .data import TASKS, Task, TrainData, batches, epoch_order, to_tensors, validate
+from .distributed import all_reduce_sums, init_distributed, is_main_process
+from .optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    LRSchedule,
+    Optimizer,
+    Schedule,
+    check_options,
+    make_optimizer,
+)
+from .scoring import EVAL_BATCH_SIZE, evaluate, first_output, loss_of, metric_sums
 
-Task = Literal["classification", "regression"]
-TASKS = ("classification", "regression")
-OPTIMIZERS = ("adam", "sgd")
-EVAL_BATCH_SIZE = 1024
-_PROB_FLOOR = 1e-12
+__all__ = [
+    "EVAL_BATCH_SIZE",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TASKS",
+    "LRSchedule",
+    "Optimizer",
+    "Schedule",
+    "StepHook",
+    "Task",
+    "TrainData",
+    "TrainResult",
+    "check_options",
+    "evaluate",
+    "init_distributed",
+    "is_main_process",
+    "train",
+]
 
-
-@dataclass(eq=False)
-class TrainData:
-    """Inputs (one array, or a tuple for multi-input models) and targets, row-aligned.
-
-    Targets are int64 class indices for classification and float targets for regression.
-    Float inputs are cast to float32 (the dtype of torch/ONNX weights); other dtypes
-    (e.g. int64 token ids) are kept.
-    """
-
-    inputs: np.ndarray | tuple[np.ndarray, ...]
-    targets: np.ndarray
-    arrays: tuple[np.ndarray, ...] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        raw = self.inputs if isinstance(self.inputs, (tuple, list)) else (self.inputs,)
-        if not raw:
-            raise DataError("training data has no input arrays")
-        arrays = []
-        for array in raw:
-            array = np.asarray(array)
-            if array.dtype.kind == "f" and array.dtype != np.float32:
-                array = array.astype(np.float32)
-            arrays.append(np.ascontiguousarray(array))
-        self.arrays = tuple(arrays)
-        self.targets = np.ascontiguousarray(np.asarray(self.targets))
-        rows = {len(a) for a in self.arrays} | {len(self.targets)}
-        if len(rows) != 1:
-            raise DataError(f"inputs and targets have different row counts: {sorted(rows)}")
-        if len(self.targets) == 0:
-            raise DataError("training data is empty")
-
-    def __len__(self) -> int:
-        return len(self.targets)
+StepHook = Callable[[int, float, float], None]
+"""Called after every optimizer step with (1-based step, learning rate used, batch loss)."""
 
 
 @dataclass
@@ -79,7 +76,7 @@ class TrainResult:
     ``metric`` is "accuracy" (higher is better) or "mse" when an eval set was given,
     else "train_loss"; ``best_metric`` is that metric at ``best_epoch`` (1-based).
     History rows: epoch, loss (mean training loss), eval_metric and eval_loss (None
-    without an eval set).
+    without an eval set), lr (the learning rate of the epoch's last step).
     """
 
     history: list[dict[str, float | int | None]]
@@ -91,198 +88,6 @@ class TrainResult:
     @property
     def epochs_run(self) -> int:
         return len(self.history)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def init_distributed(device: str = "cpu") -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); True when distributed.
-
-    Safe to call repeatedly. gloo serves CPU training, nccl CUDA.
-    """
-    if _distributed():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return False
-    if not dist.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-    return _distributed()
-
-
-def _is_main_process() -> bool:
-    return not _distributed() or dist.get_rank() == 0
-
-
-def _to_tensors(data: TrainData, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    inputs = [torch.from_numpy(a).to(device) for a in data.arrays]
-    return inputs, torch.from_numpy(data.targets).to(device)
-
-
-def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """Multi-output modules are trained on their first output."""
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return output
-
-
-def _check_targets(targets: np.ndarray, task: str, name: str) -> None:
-    if task == "classification":
-        if targets.dtype.kind not in "iub":
-            raise DataError(
-                f"{name} targets must be integer class indices for classification, "
-                f"got {targets.dtype}"
-            )
-        if targets.size and targets.min() < 0:
-            raise DataError(f"{name} targets contain a negative class index")
-    else:
-        if targets.dtype.kind not in "iuf":
-            raise DataError(f"{name} targets must be numeric for regression, got {targets.dtype}")
-        if targets.dtype.kind == "f" and not np.all(np.isfinite(targets)):
-            raise DataError(f"{name} targets contain NaN or inf")
-
-
-def _align_regression(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Match (N, 1) predictions to (N,) targets (and similar squeezes)."""
-    if output.shape != target.shape:
-        if output.numel() != target.numel():
-            raise DataError(
-                f"model output shape {tuple(output.shape)} does not fit target shape "
-                f"{tuple(target.shape)}"
-            )
-        output = output.reshape(target.shape)
-    return output
-
-
-def _check_classes(output: torch.Tensor, target: torch.Tensor) -> None:
-    if output.dim() != 2:
-        raise DataError(
-            f"classification needs (N, classes) model outputs, got shape {tuple(output.shape)}"
-        )
-    if target.numel() and int(target.max()) >= output.shape[1]:
-        raise DataError(
-            f"class index {int(target.max())} is out of range for a model with "
-            f"{output.shape[1]} outputs"
-        )
-
-
-def _loss(output: torch.Tensor, target: torch.Tensor, task: str, probs: bool) -> torch.Tensor:
-    if task == "classification":
-        _check_classes(output, target)
-        target = target.long()
-        if probs:
-            log_probs = torch.log(output.clamp_min(_PROB_FLOOR))
-            return nn.functional.nll_loss(log_probs, target)
-        return nn.functional.cross_entropy(output, target)
-    target = target.to(output.dtype)
-    return nn.functional.mse_loss(_align_regression(output, target), target)
-
-
-def _metric_sums(
-    module: nn.Module,
-    inputs: list[torch.Tensor],
-    targets: torch.Tensor,
-    task: str,
-    batch_size: int,
-    indices: torch.Tensor | None = None,
-    probs: bool = False,
-) -> tuple[float, float, float]:
-    """(metric sum, loss sum, count) over ``indices`` (default all rows).
-
-    The metric sum counts correct predictions or squared errors; the loss sum is the
-    training loss summed per row (per element for regression), used to break ties.
-    """
-    metric_sum = 0.0
-    loss_sum = 0.0
-    count = 0.0
-    rows = len(targets) if indices is None else len(indices)
-    with torch.no_grad():
-        for start in range(0, rows, batch_size):
-            if indices is None:
-                part: slice | torch.Tensor = slice(start, start + batch_size)
-            else:
-                part = indices[start : start + batch_size]
-            batch = [x[part] for x in inputs]
-            target = targets[part]
-            output = _first_output(module(*batch))
-            if task == "classification":
-                _check_classes(output, target)
-                target = target.long()
-                metric_sum += float((output.argmax(dim=1) == target).sum())
-                if probs:
-                    log_probs = torch.log(output.clamp_min(_PROB_FLOOR))
-                    loss_sum += float(nn.functional.nll_loss(log_probs, target, reduction="sum"))
-                else:
-                    loss_sum += float(nn.functional.cross_entropy(output, target, reduction="sum"))
-            else:
-                target = target.to(torch.float64)
-                output = _align_regression(output, target).to(torch.float64)
-                metric_sum += float(((output - target) ** 2).sum())
-                loss_sum = metric_sum
-            count += target.numel()
-    return metric_sum, loss_sum, count
-
-
-def _validate(task: str, data: TrainData, name: str) -> None:
-    if task not in TASKS:
-        raise ParameterError(f"task must be one of {TASKS}, got {task!r}")
-    _check_targets(data.targets, task, name)
-
-
-def evaluate(
-    module: nn.Module,
-    data: TrainData,
-    task: Task,
-    batch_size: int = EVAL_BATCH_SIZE,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Accuracy (classification) or MSE (regression) of ``module`` on ``data``.
-
-    The module is run in eval mode and its mode is restored. Uses the same batching as
-    ``train``'s per-epoch evaluation, so the numbers match exactly.
-    """
-    _validate(task, data, "eval")
-    if batch_size < 1:
-        raise ParameterError(f"batch size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    was_training = module.training
-    module.eval()
-    try:
-        inputs, targets = _to_tensors(data, device)
-        total, _, count = _metric_sums(module, inputs, targets, task, batch_size)
-    finally:
-        module.train(was_training)
-    return total / count
-
-
-def _make_optimizer(
-    module: nn.Module, name: str, lr: float, weight_decay: float, momentum: float
-) -> torch.optim.Optimizer:
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ParameterError("the module has no trainable parameters")
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def _epoch_order(
-    rows: int, epoch: int, generator: torch.Generator, sampler: object | None
-) -> torch.Tensor:
-    if sampler is not None:
-        sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        return torch.tensor(list(iter(sampler)), dtype=torch.long)  # type: ignore[call-overload]
-    return torch.randperm(rows, generator=generator)
-
-
-def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
 
 
 def _improved(
@@ -300,39 +105,6 @@ def _improved(
     return value > best if higher_is_better else value < best
 
 
-def _all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
-    if not _distributed():
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
-
-
-def _check_options(
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    optimizer: str,
-    weight_decay: float,
-    patience: int | None,
-) -> None:
-    if epochs < 1:
-        raise ParameterError(f"epochs must be >= 1, got {epochs}")
-    if not lr > 0:
-        raise ParameterError(f"learning rate must be > 0, got {lr}")
-    if batch_size < 1:
-        raise ParameterError(f"batch size must be >= 1, got {batch_size}")
-    if optimizer not in OPTIMIZERS:
-        raise ParameterError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if weight_decay < 0:
-        raise ParameterError(f"weight decay must be >= 0, got {weight_decay}")
-    if patience is not None and patience < 1:
-        raise ParameterError(f"patience must be >= 1 (or None), got {patience}")
-
-
-# ----------------------------------------------------------------------------- training
-
-
 def train(
     module: nn.Module,
     train: TrainData,
@@ -341,7 +113,7 @@ def train(
     epochs: int,
     lr: float = 1e-3,
     batch_size: int = 64,
-    optimizer: Literal["adam", "sgd"] = "adam",
+    optimizer: Optimizer = "adam",
     weight_decay: float = 0.0,
     patience: int | None = None,
     seed: int = 0,
@@ -349,21 +121,28 @@ def train(
     progress: bool = True,
     momentum: float = 0.0,
     log_every: int = 1,
+    schedule: Schedule = "constant",
+    warmup: float = 0.0,
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     """Train ``module`` in place and leave it holding its best epoch's weights.
 
     Loss: cross-entropy on logits (classification) or MSE (regression). After each epoch
     the eval set is scored (accuracy / MSE; ties broken by the eval loss); without one,
     the epoch's mean training loss decides. ``patience`` stops after that many epochs
-    without improvement.
+    without improvement. ``schedule`` ("constant" or "cosine", per step over all epochs)
+    and ``warmup`` (fraction of the steps, linear) shape the learning rate; ``on_step``
+    sees every step's learning rate and loss.
     Deterministic for a given ``seed`` (global torch seed, seeded shuffling, deterministic
     algorithms while training). The module's train/eval mode and ``return_logits`` flag
     are restored afterwards; the module stays on ``device``.
     """
-    _check_options(epochs, lr, batch_size, optimizer, weight_decay, patience)
-    _validate(task, train, "training")
+    check_options(
+        epochs, lr, batch_size, optimizer, weight_decay, patience, schedule, warmup, momentum
+    )
+    validate(task, train, "training")
     if eval is not None:
-        _validate(task, eval, "eval")
+        validate(task, eval, "eval")
     log_every = max(1, int(log_every))
 
     distributed = init_distributed(device)
@@ -396,9 +175,9 @@ def train(
 
             ids = [torch_device.index] if torch_device.type == "cuda" else None
             net = DistributedDataParallel(module, device_ids=ids)
-        opt = _make_optimizer(module, optimizer, lr, weight_decay, momentum)
+        opt = make_optimizer(module, optimizer, lr, weight_decay, momentum)
 
-        x_train, y_train = _to_tensors(train, torch_device)
+        x_train, y_train = to_tensors(train, torch_device)
         sampler = None
         if distributed:
             from torch.utils.data import DistributedSampler
@@ -406,8 +185,10 @@ def train(
             sampler = DistributedSampler(
                 range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=seed
             )
+        rows_here = len(sampler) if sampler is not None else len(train)
+        plan = LRSchedule(lr, epochs * math.ceil(rows_here / batch_size), schedule, warmup)
         if eval is not None:
-            x_eval, y_eval = _to_tensors(eval, torch_device)
+            x_eval, y_eval = to_tensors(eval, torch_device)
             eval_shard = torch.arange(rank, len(eval), world) if distributed else None
             metric = "accuracy" if task == "classification" else "mse"
         else:
@@ -421,11 +202,16 @@ def train(
         history: list[dict[str, float | int | None]] = []
         since_best = 0
         stopped_early = False
+        step = 0
+        step_lr = lr
         if verbose:
+            shape = plan.describe()
             info(
                 f"training {epochs} epoch(s) on {len(train)} rows"
                 + (f" x {world} processes" if distributed else "")
-                + f", {optimizer} lr={lr:g}, batch {batch_size}, selecting by {metric}"
+                + f", {optimizer} lr={lr:g}"
+                + (f" ({shape})" if shape else "")
+                + f", batch {batch_size}, selecting by {metric}"
             )
         epoch_iter = range(1, epochs + 1)
         if verbose:
@@ -435,18 +221,24 @@ def train(
             net.train()
             loss_sum = 0.0
             seen = 0
-            for idx in _batches(_epoch_order(len(train), epoch, generator, sampler), batch_size):
+            for idx in batches(epoch_order(len(train), epoch, generator, sampler), batch_size):
                 idx = idx.to(torch_device)
                 batch = [x[idx] for x in x_train]
                 target = y_train[idx]
                 opt.zero_grad(set_to_none=True)
-                output = _first_output(net(*batch))
-                loss = _loss(output, target, task, train_on_probs)
+                output = first_output(net(*batch))
+                loss = loss_of(output, target, task, train_on_probs)
                 loss.backward()
+                plan.apply(opt, step)
                 opt.step()
-                loss_sum += float(loss.detach()) * len(idx)
+                step += 1
+                step_lr = float(opt.param_groups[0]["lr"])  # what the optimizer used
+                batch_loss = float(loss.detach())
+                if on_step is not None:
+                    on_step(step, step_lr, batch_loss)
+                loss_sum += batch_loss * len(idx)
                 seen += len(idx)
-            loss_sum, seen = _all_reduce_sums([loss_sum, float(seen)], torch_device)
+            loss_sum, seen = all_reduce_sums([loss_sum, float(seen)], torch_device)
             epoch_loss = loss_sum / seen
 
             eval_value: float | None = None
@@ -455,10 +247,10 @@ def train(
                     for buffer in module.buffers():  # ranks' BN stats drift apart
                         dist.broadcast(buffer, src=0)
                 module.eval()
-                sums = _metric_sums(
+                sums = metric_sums(
                     module, x_eval, y_eval, task, EVAL_BATCH_SIZE, eval_shard, train_on_probs
                 )
-                total, eval_loss_sum, count = _all_reduce_sums(list(sums), torch_device)
+                total, eval_loss_sum, count = all_reduce_sums(list(sums), torch_device)
                 eval_value = total / count
                 eval_loss = eval_loss_sum / count
             else:
@@ -470,6 +262,7 @@ def train(
                     "loss": epoch_loss,
                     "eval_metric": eval_value,
                     "eval_loss": eval_loss if eval_value is not None else None,
+                    "lr": step_lr,
                 }
             )
 

@@ -22,6 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import progress
+from ..blas import one_blas_thread
 from ..io import Dataset
 from ..normal_equations import NormalEquations
 from ..observe import session_with_outputs
@@ -141,17 +142,18 @@ def fit_bridge(
     system: NormalEquations | None = None
     batches = dataset.batches(batch_size)
     description = f"fitting bridge over '{site.layers[0]}'"
-    for feed in progress.track(batches, description, total=dataset.num_batches(batch_size)):
-        x = reads.run([site.inputs], feed)[0]
-        y = targets.run([site.target], feed)[0]
-        if site.target_keep is not None:
-            y = y[:, site.target_keep]
-        x, y = x.reshape(len(x), 1, -1), y.reshape(len(y), 1, -1)
-        system = system or NormalEquations(1, x.shape[2], y.shape[2])
-        system.update(x, y)
-    if system is None:
-        raise ValueError("no data to fit the bridge on")
-    return solve_bridge(system)
+    with one_blas_thread():  # reproducible sums
+        for feed in progress.track(batches, description, total=dataset.num_batches(batch_size)):
+            x = reads.run([site.inputs], feed)[0]
+            y = targets.run([site.target], feed)[0]
+            if site.target_keep is not None:
+                y = y[:, site.target_keep]
+            x, y = x.reshape(len(x), 1, -1), y.reshape(len(y), 1, -1)
+            system = system or NormalEquations(1, x.shape[2], y.shape[2])
+            system.update(x, y)
+        if system is None:
+            raise ValueError("no data to fit the bridge on")
+        return solve_bridge(system)
 
 
 def splice(model: onnx.ModelProto, site: BridgeSite, fit: BridgeFit) -> onnx.ModelProto:

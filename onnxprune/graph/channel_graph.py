@@ -40,6 +40,9 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     frozen: dict[int, str] = field(default_factory=dict)  # atom -> first reason
     nonempty: list[np.ndarray] = field(default_factory=list)  # atom sets that keep >= 1
+    # (G, n) atom arrays whose G rows must keep equally many channels (grouped convs), and
+    # the node that asks for it
+    blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- atoms
 
@@ -75,6 +78,11 @@ class ChannelGraph:
 
     def roots(self) -> np.ndarray:
         return np.array([self.find(a) for a in range(len(self.parent))], dtype=np.int64)
+
+    def equal_blocks(self, atoms: np.ndarray, groups: int, node: str) -> None:
+        """``atoms`` split into ``groups`` equal rows must keep equally many channels per
+        row: a grouped conv stays a grouped conv only with equal group sizes."""
+        self.blocks.append((atoms.reshape(groups, -1), node))
 
     # ---------------------------------------------------------------- layouts
 

@@ -22,6 +22,8 @@ class ChannelGroup:
     roots: np.ndarray  # union-find root atom of each group channel
     channel_of: dict[str, np.ndarray] = field(default_factory=dict)  # source -> channel index
     frozen_reason: str | None = None
+    # (G, n) group channels whose rows must keep equally many (read by a grouped conv)
+    blocks: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -82,4 +84,43 @@ def build_groups(cg: ChannelGraph) -> list[ChannelGroup]:
         reasons = [frozen_roots[r] for r in group_roots.tolist() if r in frozen_roots]
         group.frozen_reason = reasons[0] if reasons else None
         groups.append(group)
+    _assign_blocks(cg, roots, groups)
     return groups
+
+
+def _assign_blocks(cg: ChannelGraph, roots: np.ndarray, groups: list[ChannelGroup]) -> None:
+    """Give each group the equal-count rows its grouped convs ask for. A group that a
+    grouped conv splits only partly, or that two grouped convs split differently, is
+    frozen: no selection could keep every one of them a grouped conv."""
+    where = {
+        int(root): (group, channel)
+        for group in groups
+        for channel, root in enumerate(group.roots.tolist())
+    }
+    for atoms, node in cg.blocks:
+        places = [[where[int(r)] for r in roots[row].tolist()] for row in atoms]
+        owners = {id(g): g for row in places for g, _ in row}
+        group = places[0][0][0]
+        channels = np.sort(np.array([[c for _, c in row] for row in places]), axis=1)
+        channels = channels[np.argsort(channels[:, 0], kind="stable")]
+        covers = np.array_equal(np.sort(channels.reshape(-1)), np.arange(group.size))
+        if len(owners) != 1 or not covers:
+            reason = f"grouped Conv '{node}' (group={len(atoms)}) splits coupled channels"
+        elif group.blocks is None or _refines(channels, group.blocks):
+            group.blocks = channels
+            continue
+        elif _refines(group.blocks, channels):
+            continue
+        else:
+            reason = f"grouped Conv '{node}' splits its channels unlike another grouped Conv"
+        for owner in owners.values():
+            owner.frozen_reason = owner.frozen_reason or reason
+
+
+def _refines(fine: np.ndarray, coarse: np.ndarray) -> bool:
+    """Every row of ``coarse`` is a union of rows of ``fine``: equal counts per fine row
+    then give equal counts per coarse row (group=4 and group=2 convs reading one tensor)."""
+    if len(fine) % len(coarse):
+        return False
+    row_of = {int(c): i for i, row in enumerate(coarse) for c in row.tolist()}
+    return all(len({row_of[int(c)] for c in row.tolist()}) == 1 for row in fine)

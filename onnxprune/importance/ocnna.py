@@ -16,15 +16,12 @@ GPU torch solves them all (``device="cuda"``). docs/performance.md has the timin
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
 from onnxprune import progress
+from onnxprune.blas import one_blas_thread
 from onnxprune.errors import DataError, ParameterError
 from onnxprune.importance.base import ChannelAccumulator, Importance
 from onnxprune.importance.odf2nna import MomentsAccumulator
@@ -39,46 +36,6 @@ CHUNK_BYTES = 32 * 2**20
 #: Maps with at most this many rows (and no more rows than columns) are centred with a
 #: Helmert projection, one row fewer; past it the saving no longer pays for the product.
 HELMERT_MAX_ROWS = 16
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    """threadpoolctl's view of the loaded BLAS, built once (a fresh scan costs ~0.5 ms)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - threadpoolctl is optional
-        return None
-    return ThreadpoolController()
-
-
-_blas_lock = threading.Lock()
-_blas_state: dict[str, Any] = {"users": 0, "limiter": None}  # threads inside the limit
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Run BLAS/LAPACK single-threaded while solving thousands of tiny matrices.
-
-    OpenBLAS splits even a 64 x 64 eigvalsh across its threads and the synchronisation
-    costs several times the work (26 s with 2 threads, 1.6 s with one). The limit is
-    process-wide, so concurrent scoring threads share it: the first in sets it, the last
-    out restores it. Without threadpoolctl nothing changes.
-    """
-    controller = _blas_controller()
-    if controller is None:  # pragma: no cover - threadpoolctl is optional
-        yield
-        return
-    with _blas_lock:
-        if _blas_state["users"] == 0:
-            _blas_state["limiter"] = controller.limit(limits=1, user_api="blas")
-        _blas_state["users"] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_state["users"] -= 1
-            if _blas_state["users"] == 0:
-                _blas_state.pop("limiter").restore_original_limits()
 
 
 def _components_needed(ratio_cumsum: np.ndarray) -> np.ndarray:
@@ -278,7 +235,7 @@ def pca95_frobenius(
     rows = maps.reshape(lead[0] if lead else 1, per_row, h, w)
     out = np.empty(rows.shape[0] * per_row, dtype=np.float64)
     step = max(1, chunk_size // max(per_row, 1))
-    with _one_blas_thread():
+    with one_blas_thread():
         for r0 in range(0, rows.shape[0], step):
             flat = rows[r0 : r0 + step].reshape(-1, h, w)
             base = r0 * per_row

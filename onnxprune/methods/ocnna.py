@@ -28,7 +28,7 @@ from ..pipeline import (
     prepare,
     zeros_feed,
 )
-from ..reconstruct import recover
+from ..recovery import recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_k, group_scores, keep_nonempty, percentile_mask
@@ -76,7 +76,7 @@ def ocnna(
     round_to: int = 1,
     seed: int = 0,
     compensate: bool = True,
-    reconstruct: bool = False,
+    reconstruct: bool | None = None,
     memory_budget: float | None = None,
 ) -> PruneResult:
     """Prune ``model`` with OCNNA (or a baseline criterion) at percentile ``k``.
@@ -84,8 +84,10 @@ def ocnna(
     ``data`` is D_var (array, .npz/.npy path or mapping input name -> array); every
     prunable channel group loses floor(k% * M) of its M channels, the least important first.
     With ``compensate`` each removed channel's mean over D_var is folded into the biases
-    of the layers that read it; with ``reconstruct`` those layers are then refit by least
-    squares to reproduce the original model's outputs on D_var. ``memory_budget`` (MB)
+    of the layers that read it; with ``reconstruct`` (default: whenever D_var is given)
+    those layers are then refit by least squares to reproduce the original model's
+    outputs on D_var; ``reconstruct=False`` with ``compensate=False`` is OCNNA exactly as
+    the paper defines it (weights only sliced). ``memory_budget`` (MB)
     caps the activations observation holds at once (passes over truncated graphs).
     """
     k = check_k(k)
@@ -158,14 +160,19 @@ def score_model(
 
 
 def prune_scored(
-    scored: Scored, k: float, round_to: int = 1, reconstruct: bool = False
+    scored: Scored, k: float, round_to: int = 1, reconstruct: bool | None = None
 ) -> PruneResult:
     """Select at percentile ``k``, rewrite, verify and report, from scores made once."""
     k = check_k(k)
+    if reconstruct is None:  # on by default: it recovers most accuracy in seconds
+        reconstruct = scored.dataset is not None
     if reconstruct and scored.dataset is None:
         raise DataError("reconstruction needs data: pass D_var samples (--data)")
     analysis, scores = scored.analysis, scored.scores
-    masks = {index: percentile_mask(s, k, round_to) for index, s in scores.items()}
+    masks = {
+        index: percentile_mask(s, k, round_to, analysis.groups[index].blocks)
+        for index, s in scores.items()
+    }
     keep_nonempty(analysis.cg, analysis.groups, masks, scores)
 
     timings = dict(scored.timings)
@@ -210,4 +217,4 @@ def prune_scored(
     report["samples"] = 0 if scored.dataset is None else len(scored.dataset)
     report["timings"] = timings
     stamp_provenance(pruned, report, model)
-    return PruneResult(pruned, report)
+    return PruneResult(pruned, report, masks)

@@ -36,7 +36,7 @@ from ..pipeline import (
     frozen_hint,
     prepare,
 )
-from ..reconstruct import recover
+from ..recovery import recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_epsilon, group_scores, keep_nonempty, threshold_mask
@@ -221,7 +221,7 @@ def prune_observed(
     report["samples"] = len(dataset)
     report["timings"] = timings
     stamp_provenance(pruned, report, model_arg)
-    return PruneResult(pruned, report)
+    return PruneResult(pruned, report, kept_whole)
 
 
 def _plan_bridges(

@@ -119,7 +119,6 @@ def odf2nna_from_dataset(
     from ..finetune.round_trip import carry_metadata
     from ..mlp import detect_task, export_mlp, split_dataset, train_mlp
 
-
     epsilons = [check_epsilon(e) for e in np.atleast_1d(np.asarray(epsilon, dtype=object))]
     if not 0 < refine_fraction <= 1:
         raise ParameterError(f"refine fraction must be in (0, 1], got {refine_fraction}")

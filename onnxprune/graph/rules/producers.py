@@ -42,7 +42,9 @@ class ConvRule(Rule):
     """Filters are a new source; the input channels index weight axis 1.
 
     Depthwise convs (group == input channels) pass channels through, each input channel
-    producing ``multiplier`` output channels; other grouped convs are barriers.
+    producing ``multiplier`` output channels. Other grouped convs keep their group count:
+    their inputs and their filters must lose equally many channels in every group, so
+    each output channel then reads its own group's kept inputs.
     """
 
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
@@ -59,21 +61,29 @@ class ConvRule(Rule):
             cg.set_layout(node.outputs[0], Layout(1, np.repeat(layout.atoms, multiplier)))
             return
         out = _new_source(cg, node, "conv", int(weight.shape[0]))
-        if group > 1:
-            reason = f"grouped Conv '{node.name}' (group={group}) needs equal group sizes"
+        if group > 1 and weight.shape[0] == group:  # one filter per group: none can go
+            reason = f"grouped Conv '{node.name}' has one filter per group"
             if weight.shape[1] == 1 and layout is None:  # depthwise after a barrier / input
                 reason = f"depthwise Conv '{node.name}' reads untracked channels"
-            cg.freeze_inputs(node, reason)
             cg.freeze(out.atoms, reason)
+        if group > 1:
+            cg.equal_blocks(out.atoms, group, node.name)
+            if layout is not None and layout.axis == 1 and layout.size == weight.shape[1] * group:
+                cg.equal_blocks(layout.atoms, group, node.name)
+            elif layout is not None:
+                cg.freeze_inputs(node, f"grouped Conv '{node.name}' reads untracked channels")
         cg.set_layout(node.outputs[0], out)
 
     def rewrite(self, node: gs.Node, plan: Plan) -> None:
         keep_out = plan.keep(node.outputs[0])
         keep_in = plan.keep(node.inputs[0])
+        group = int(node.attrs.get("group", 1))
         if _is_depthwise(node, plan.cg):
             plan.slice_input(node, 1, {0: keep_out})
             if keep_in is not None:
                 node.attrs["group"] = int(keep_in.sum())
+        elif group > 1:
+            _rewrite_grouped(node, plan, group, keep_in, keep_out)
         else:
             removed = plan.removed_mean(node.inputs[0])
             if removed is not None:  # the removed inputs' mean, through every kernel tap
@@ -84,6 +94,32 @@ class ConvRule(Rule):
             plan.slice_input(node, 1, {0: keep_out, 1: keep_in})
         if optional_input(node, 2) is not None:
             plan.slice_input(node, 2, {0: keep_out})
+
+
+def _rewrite_grouped(
+    node: gs.Node, plan: Plan, group: int, keep_in: np.ndarray | None, keep_out: np.ndarray | None
+) -> None:
+    """Weight (C_out, C_in / group, k...): output channel o reads group o // (C_out / group)
+    of the inputs, so its kept inputs are that group's (equally many in every group)."""
+    weight = constant(node.inputs[1])
+    per_group = weight.shape[0] // group
+    if keep_in is not None:
+        removed = plan.removed_mean(node.inputs[0])
+        if removed is not None:  # each output channel: its own group's removed means
+            taps = weight.astype(np.float64).reshape(*weight.shape[:2], -1).sum(axis=2)
+            means = np.repeat(removed.reshape(group, -1), per_group, axis=0)
+            delta = (taps * means).sum(axis=1)
+            _add_to_bias(plan, node, 2, delta.astype(weight.dtype))
+        rows = keep_in.reshape(group, -1)
+        kept = np.stack([np.flatnonzero(row) for row in rows])  # (group, kept per group)
+        index = np.repeat(kept, per_group, axis=0)
+        index = index.reshape(index.shape + (1,) * (weight.ndim - 2))
+        weight = np.take_along_axis(weight, index, axis=1)
+        if keep_out is not None:
+            weight = weight[keep_out]
+        plan.replace_input(node, 1, weight, "grouped_pruned")
+    else:
+        plan.slice_input(node, 1, {0: keep_out})
 
 
 @register("ConvTranspose")

@@ -1,0 +1,48 @@
+"""The keep masks a pruning run chose (``PruneResult.masks``), as a plan for rebuilding
+the Keras model. The rebuilt Keras model is then checked against the pruned ONNX model's
+outputs, so a mismatch is a loud error, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from ..graph.rewrite import Plan
+from ..methods.ocnna import Scored
+from ..methods.odf2nna import Observed
+
+
+def refuse_bridged(report: dict) -> None:
+    """A bridged (removed) hidden layer has no Keras counterpart to rebuild: that is an
+    error suggesting ``--no-bridge``, which keeps the layer's most variable unit instead."""
+    removed = report.get("layers_removed") or []
+    if removed:
+        names = ", ".join(n for entry in removed for n in entry["layers"])
+        raise ModelError(
+            f"ODF2NNA removed hidden layer(s) {names}; the Keras route cannot rebuild a "
+            "bridged model: rerun with --no-bridge"
+        )
+
+
+def plan_for(scored: Scored | Observed, masks: dict[int, np.ndarray]) -> Plan:
+    """The rewrite plan of those masks: ``plan.keep(tensor)`` is any tensor's channel mask."""
+    analysis = scored.analysis
+    return Plan(analysis.cg, analysis.groups, masks)
+
+
+def check_counts(
+    plan_masks: dict[int, np.ndarray], scored: Scored | Observed, report: dict
+) -> None:
+    """The masks must give the kept/total per layer that the pruning report lists."""
+    groups = scored.analysis.groups
+    for row in report.get("layers", []):
+        mask = plan_masks.get(row["group"])
+        if mask is None:
+            continue
+        kept = int(mask[groups[row["group"]].channel_of[row["name"]]].sum())
+        if kept != row["kept"]:
+            raise ModelError(
+                f"internal mismatch: layer '{row['name']}' keeps {row['kept']} channels in "
+                f"the pruned model but {kept} in the Keras plan"
+            )

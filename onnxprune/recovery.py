@@ -1,0 +1,104 @@
+"""Stage `recover` (after `rewrite`): for every layer that lost input channels, say what
+compensation did and how far its outputs are from the original's on D_var, and with
+``refit`` make them match by least squares (``reconstruct``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from .importance.odf2nna import MomentsAccumulator
+from .io import DataLike, Dataset, input_specs, load_data
+from .observe import session_with_outputs
+from .reconstruct import (
+    DEFAULT_RIDGE,
+    LayerFit,
+    find_consumers,
+    kept_output_index,
+    kept_outputs,
+    reconstruct,
+)
+from .refit_layers import Skip, channel_axis, output_units, weights_of
+
+if TYPE_CHECKING:
+    from .analyze import Analysis
+
+
+def measure(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    data: DataLike,
+    *,
+    kept_outputs: Mapping[str, np.ndarray] | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> list[LayerFit]:
+    """The relative output error of every layer that lost inputs, without refitting."""
+    dataset = load_data(data, input_specs(original))
+    batch_size = dataset.batch_size(batch_size)
+    fits = find_consumers(original, pruned)
+    produced = {name for node in pruned.graph.node for name in node.output}
+    sources = {n.name: n for n in original.graph.node}
+    weights = weights_of(original)
+    checks: dict[str, tuple[str, np.ndarray, MomentsAccumulator]] = {}
+    squared: dict[str, float] = {}
+    for fit in fits:
+        target = sources[fit.name].output[0]
+        try:
+            units = output_units(sources[fit.name], weights)
+            index = kept_output_index(fit, units, kept_outputs or {})
+        except Skip as reason:
+            fit.reason = str(reason)
+            continue
+        if target in produced:
+            checks[fit.name] = (target, index, MomentsAccumulator(len(index)))
+            squared[fit.name] = 0.0
+    names = sorted({target for target, _, _ in checks.values()})
+    if names:
+        got_session = session_with_outputs(pruned, names, device)
+        want_session = session_with_outputs(original, names, device)
+        for feed in dataset.batches(batch_size):
+            got = dict(zip(names, got_session.run(names, feed)))
+            want = dict(zip(names, want_session.run(names, feed)))
+            for fit in fits:
+                if fit.name not in checks:
+                    continue
+                target, index, moments = checks[fit.name]
+                axis = channel_axis(fit.op) % want[target].ndim
+                expected = np.take(want[target], index, axis=axis).astype(np.float64)
+                squared[fit.name] += float(np.square(got[target] - expected).sum())
+                moments.update(np.moveaxis(expected, axis, 1))
+    for fit in fits:
+        if fit.name in checks:
+            moments = checks[fit.name][2]
+            spread = float(np.square(moments.std).sum() * moments.count)
+            fit.error_before = fit.error_after = squared[fit.name] / max(spread, 1e-30)
+    return fits
+
+
+def recover(
+    analysis: Analysis,
+    pruned: onnx.ModelProto,
+    masks: Mapping[int, np.ndarray],
+    dataset: Dataset,
+    means: Mapping[str, np.ndarray],
+    *,
+    refit: bool = False,
+    ridge: float | None = DEFAULT_RIDGE,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> tuple[onnx.ModelProto, list[dict]]:
+    """The pipelines' recovery step after ``rewrite``: refit (or only measure) every layer
+    that lost inputs; report rows say what was compensated, refit, and the error left."""
+    kept = kept_outputs(analysis, masks)
+    options = {"kept_outputs": kept, "batch_size": batch_size, "device": device}
+    if refit:
+        pruned, fits = reconstruct(analysis.model, pruned, dataset, ridge=ridge, **options)
+    else:
+        fits = measure(analysis.model, pruned, dataset, **options)
+    for fit in fits:
+        fit.compensated = fit.input in means
+    return pruned, [fit.as_dict() for fit in fits]

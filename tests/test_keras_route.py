@@ -1,0 +1,394 @@
+"""The Keras route: .keras / .h5 / SavedModel in, pruned Keras model rebuilt from its config,
+fine-tuned in Keras, ONNX out. The rebuilt Keras model must reproduce the pruned ONNX
+model's outputs: that proves the pruning plan was applied to the Keras model identically.
+
+Needs tensorflow + tf2onnx (run in /work/venv-tf): every test using a Keras model skips
+cleanly without them (the fixtures skip). The error tests run everywhere: without
+TensorFlow a Keras MODEL must still end in one line saying how to install it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import import_error, importorskip_any
+from paths import SHARED_DATA
+
+from onnxprune import keras as okeras  # imports TensorFlow only when used
+from onnxprune.cli import main
+from onnxprune.errors import ModelError
+from onnxprune.verify import run
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HAS_TF = import_error("tensorflow") is None and import_error("tf2onnx") is None
+tf = importlib.import_module("tensorflow") if HAS_TF else None
+MNIST = SHARED_DATA / "mnist.npz"
+FORMATS = ("keras", "h5", "savedmodel")
+needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no {MNIST}")
+
+
+def kept(total: int, k: float = 40) -> int:
+    return total - min(math.floor(k * total / 100 + 1e-9), total - 1)
+
+
+def _randomize(model, seed: int) -> None:
+    """Random kernels and biases, BN statistics away from identity (so folds show)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = []
+        for index, weight in enumerate(layer.get_weights()):
+            if isinstance(layer, tf.keras.layers.BatchNormalization) and index in (0, 3):
+                values.append(0.5 + rng.random(weight.shape))  # gamma, moving variance
+            elif weight.ndim == 1:
+                values.append(0.1 * rng.standard_normal(weight.shape))
+            else:
+                fan_in = np.prod(weight.shape[:-1])
+                values.append(rng.standard_normal(weight.shape) / np.sqrt(fan_in))
+        layer.set_weights([v.astype(np.float32) for v in values])
+
+
+def keras_cnn():
+    """Conv+BN(folded by tf2onnx, no conv bias)+ReLU twice into a residual Add, 1x1 and
+    depthwise(+BN) branches joined by Concatenate, Flatten -> Dense -> BN -> Dense(softmax)."""
+    layers = tf.keras.layers
+    image = layers.Input((28, 28, 1), name="image")
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(image)
+    x = layers.ReLU(name="r1")(layers.BatchNormalization(name="bn1")(x))
+    y = layers.Conv2D(8, 3, padding="same", use_bias=False, name="c2")(x)
+    y = layers.ReLU(name="r2")(layers.BatchNormalization(name="bn_c2")(y))
+    x = layers.MaxPooling2D(name="p1")(layers.Add(name="add")([x, y]))
+    pointwise = layers.Conv2D(6, 1, activation="relu", name="c3")(x)
+    depthwise = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    depthwise = layers.BatchNormalization(name="bn_dw")(depthwise)
+    x = layers.Concatenate(name="cat")([pointwise, depthwise])
+    x = layers.Flatten(name="flat")(layers.MaxPooling2D(name="p2")(x))
+    x = layers.BatchNormalization(name="bn2")(layers.Dense(16, activation="relu", name="d1")(x))
+    x = layers.Dropout(0.2, name="drop")(x)
+    out = layers.Dense(10, activation="softmax", name="probs")(x)
+    return tf.keras.Model(image, out, name="cnn")
+
+
+def keras_mlp():
+    layers = tf.keras.layers
+    return tf.keras.Sequential(
+        [
+            layers.Input((20,), name="features"),
+            layers.Dense(32, activation="relu", name="h1"),
+            layers.Dense(16, activation="tanh", name="h2"),
+            layers.Dense(3, name="out"),
+        ],
+        name="mlp",
+    )
+
+
+def save(model, folder, fmt: str):
+    path = folder / {"keras": "model.keras", "h5": "model.h5", "savedmodel": "saved"}[fmt]
+    if fmt == "savedmodel":
+        model.save(str(path), save_format="tf")
+    else:
+        model.save(str(path))
+    return path
+
+
+def sha(path) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Every fixture with a Keras model needs this one: it skips without TensorFlow."""
+    importorskip_any("tensorflow")
+    importorskip_any("tf2onnx")
+    return tmp_path_factory.mktemp("keras")
+
+
+@pytest.fixture(scope="module")
+def cnn(folder):
+    tf.keras.utils.set_random_seed(0)
+    model = keras_cnn()
+    _randomize(model, seed=1)
+    paths = {fmt: save(model, folder, fmt) for fmt in FORMATS}
+    data = np.random.default_rng(2).random((48, 28, 28, 1)).astype(np.float32)
+    return model, paths, data
+
+
+@pytest.fixture(scope="module")
+def mlp(folder):
+    tf.keras.utils.set_random_seed(0)
+    model = keras_mlp()
+    _randomize(model, seed=3)
+    weights = model.get_layer("h1").get_weights()
+    weights[0][:, :4] = 0.0  # four constant units: ODF2NNA removes them at any epsilon
+    model.get_layer("h1").set_weights(weights)
+    path = folder / "mlp" / "mlp.keras"
+    path.parent.mkdir()
+    model.save(str(path))
+    data = np.random.default_rng(4).standard_normal((64, 20)).astype(np.float32)
+    return model, path, data
+
+
+def assert_same_outputs(keras_model, onnx_model, feed):
+    want = list(run(onnx_model, feed).values())[0]
+    got = np.asarray(keras_model(next(iter(feed.values())), training=False))
+    scale = max(1.0, float(np.abs(want).max()))
+    assert float(np.abs(got - want).max()) <= 1e-4 * scale
+
+
+# ----------------------------------------------------------------------- conversion
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_conversion_keeps_keras_names_outputs_and_a_dynamic_batch(cnn, fmt):
+    model, paths, data = cnn
+    before = sha(paths[fmt])
+    proto, loaded = okeras.keras_to_onnx(paths[fmt])
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["probs"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert max(e.version for e in proto.opset_import if e.domain in ("", "ai.onnx")) >= 13
+    got = run(proto, {"image": data})["probs"]
+    np.testing.assert_allclose(got, model(data).numpy(), rtol=1e-4, atol=1e-5)
+    assert loaded is not None and sha(paths[fmt]) == before
+
+
+def test_keras3_route_from_function_gives_the_same_model(cnn, monkeypatch):
+    """Keras 3 models go through tf2onnx.convert.from_function; exercised here on Keras 2
+    by making from_keras fail the way it does on Keras 3."""
+    import tf2onnx
+
+    model, _, data = cnn
+
+    def fail(*args, **kwargs):
+        raise AttributeError("'Functional' object has no attribute '_get_save_spec'")
+
+    monkeypatch.setattr(tf2onnx.convert, "from_keras", fail)
+    proto = okeras.model_to_onnx(model)
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["probs"]
+    got = run(proto, {"image": data})["probs"]
+    np.testing.assert_allclose(got, model(data).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_savedmodel_without_keras_metadata_prunes_but_has_no_keras_route(cnn, tmp_path):
+    model, _, data = cnn
+    tf.saved_model.save(model, str(tmp_path / "raw"))
+    proto, loaded = okeras.keras_to_onnx(tmp_path / "raw")
+    assert loaded is None and [i.name for i in proto.graph.input] == ["image"]
+    np.testing.assert_allclose(
+        run(proto, {"image": data})["probs"], model(data).numpy(), rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ModelError, match="--framework torch"):
+        okeras.ocnna(tmp_path / "raw", k=40, data=data)
+
+
+# ----------------------------------------------------------------------- rebuild
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ocnna_rebuilds_the_keras_cnn_with_the_plan_applied_identically(cnn, fmt):
+    model, paths, data = cnn
+    result = okeras.ocnna(paths[fmt], k=40, data=data, batch_size=16)
+    small = result.keras_model
+    coupled = kept(8)  # c1 and c2 meet in the residual Add: one group of 8
+    assert small.get_layer("c1").filters == coupled
+    assert small.get_layer("c2").filters == coupled
+    assert small.get_layer("c3").filters == kept(6)
+    assert small.get_layer("dw").depthwise_kernel.shape == (3, 3, coupled, 1)
+    assert small.get_layer("bn1").gamma.shape == (coupled,)
+    positions = 7 * 7  # after two 2x2 poolings; Flatten rows are position-major
+    assert small.get_layer("d1").kernel.shape == (positions * (kept(6) + coupled), kept(16))
+    assert small.get_layer("bn2").moving_mean.shape == (kept(16),)
+    assert small.get_layer("probs").units == 10  # model output: never pruned
+    assert small.get_layer("bn_dw").beta.shape == (coupled,)
+    # c2 reads pruned channels and has no bias: compensation lands in its folded BN's beta
+    beta = small.get_layer("bn_c2").beta.numpy()
+    assert not np.isin(beta, model.get_layer("bn_c2").beta.numpy()).all()
+    assert small.get_layer("c2").bias is None
+    assert_same_outputs(small, result.model, {"image": data})
+    assert result.report["model"] == str(paths[fmt])
+
+
+def test_reconstructed_weights_reach_the_keras_model(cnn):
+    _, paths, data = cnn
+    result = okeras.ocnna(paths["keras"], k=40, data=data, batch_size=16, reconstruct=True)
+    assert any(row["refit"] for row in result.report["recovery"])
+    assert_same_outputs(result.keras_model, result.model, {"image": data})
+
+
+def test_in_memory_keras_model_without_compensation(cnn):
+    model, _, data = cnn
+    result = okeras.ocnna(model, k=25, data=data, batch_size=16, compensate=False)
+    assert result.keras_model.get_layer("c3").filters == kept(6, 25)
+    assert_same_outputs(result.keras_model, result.model, {"image": data})
+
+
+def test_mlp_sequential_ocnna_and_odf2nna(mlp):
+    _, path, data = mlp
+    result = okeras.ocnna(path, k=40, data=data)
+    assert result.keras_model.get_layer("h1").units == kept(32)
+    assert result.keras_model.get_layer("h2").units == kept(16)
+    assert_same_outputs(result.keras_model, result.model, {"features": data})
+    (pruned,) = okeras.odf2nna_sweep(path, [1e-6], data, bridge=False)
+    assert pruned.keras_model.get_layer("h1").units == 32 - 4  # the constant units go
+    assert_same_outputs(pruned.keras_model, pruned.model, {"features": data})
+
+
+def test_a_layer_without_channel_rule_on_a_pruned_path_is_named(mlp):
+    layers = tf.keras.layers
+    features = layers.Input((20,), name="features")
+    x = layers.PReLU(name="slopes")(layers.Dense(16, name="h")(features))
+    model = tf.keras.Model(features, layers.Dense(3, name="out")(x))
+    _randomize(model, seed=5)
+    data = mlp[2]
+    with pytest.raises(ModelError, match=r"Keras layer 'slopes' \(PReLU\)") as info:
+        okeras.ocnna(model, k=40, data=data)
+    assert "\n" not in str(info.value)
+
+
+def test_bridged_odf2nna_model_is_refused_in_one_line(mlp):
+    _, path, data = mlp
+    with pytest.raises(ModelError, match="--no-bridge") as info:
+        okeras.odf2nna(path, 1e6, data)  # every hidden unit goes: layers are bridged
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------- fine-tune
+
+
+def mnist_files(folder, train: int = 300, test: int = 200):
+    with np.load(MNIST) as mnist:
+        x_train = mnist["X_train"][:train].transpose(0, 2, 3, 1).astype(np.float32) / 255
+        x_test = mnist["X_test"][:test].transpose(0, 2, 3, 1).astype(np.float32) / 255
+        y_train, y_test = mnist["y_train"][:train], mnist["y_test"][:test]
+    paths = {name: folder / f"mnist_{name}.npz" for name in ("dvar", "train", "test")}
+    np.savez(paths["dvar"], x=x_train[:64])
+    np.savez(paths["train"], x=x_train, y=y_train)
+    np.savez(paths["test"], x=x_test, y=y_test)
+    return paths
+
+
+@needs_mnist
+def test_finetune_in_keras_exports_a_valid_onnx_model(cnn, folder):
+    _, paths, _ = cnn
+    files = mnist_files(folder)
+    result = okeras.ocnna(paths["keras"], k=40, data=files["dvar"], eval_data=files["test"])
+    pruned = result.model
+    okeras.finetune_result(result, files["train"], files["test"], epochs=1, batch_size=32)
+    tuned = result.model
+    onnx.checker.check_model(tuned, full_check=True)
+    assert [i.name for i in tuned.graph.input] == [i.name for i in pruned.graph.input]
+    assert [o.name for o in tuned.graph.output] == [o.name for o in pruned.graph.output]
+    x = np.load(files["test"])["x"][:5]
+    assert run(tuned, {"image": x})["probs"].shape == (5, 10)
+    assert_same_outputs(result.keras_model, tuned, {"image": x})
+    report = result.report
+    assert report["finetune"]["framework"] == "keras"
+    assert report["finetune"]["epochs_run"] == 1 and report["finetune"]["train_samples"] == 300
+    assert 0.0 <= report["accuracy_finetuned"] <= 1.0
+    assert report["accuracy_finetuned"] > report["accuracy_after"] - 0.05
+    keys = {p.key for p in tuned.metadata_props}
+    assert {"onnxprune.method", "onnxprune.source_sha256", "onnxprune.finetune"} <= keys
+    again = okeras.ocnna(paths["keras"], k=40, data=files["dvar"])
+    okeras.finetune_result(again, files["train"], epochs=1, batch_size=32)  # same seed
+    np.testing.assert_array_equal(
+        run(again.model, {"image": x})["probs"], run(tuned, {"image": x})["probs"]
+    )
+
+
+# ----------------------------------------------------------------------- CLI
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@needs_mnist
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
+def test_cli_ocnna_keras_end_to_end(cnn, folder, tmp_path, fmt):
+    _, paths, _ = cnn
+    files = mnist_files(folder)
+    before = sha(paths[fmt])
+    out, report = tmp_path / "small.onnx", tmp_path / "r.json"
+    result = invoke(
+        "ocnna", paths[fmt], "--k", 40, "--data", files["dvar"], "--eval", files["test"],
+        "--finetune", files["train"], "--framework", "keras", "--epochs", 1,
+        "--batch-size", 32, "-o", out, "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sha(paths[fmt]) == before
+    tuned = onnx.load(str(out))
+    onnx.checker.check_model(tuned, full_check=True)
+    assert [i.name for i in tuned.graph.input] == ["image"]
+    written = json.loads(report.read_text())
+    assert written["finetune"]["framework"] == "keras"
+    assert "accuracy_finetuned" in written
+
+
+def test_cli_odf2nna_keras_and_plain_pruning_of_an_h5(mlp, cnn, tmp_path):
+    _, path, data = mlp
+    labels = (data[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "mlp.npz", x=data, y=labels)
+    result = invoke(
+        "odf2nna", path, "--epsilon", 1e-6, "--data", tmp_path / "mlp.npz",
+        "--finetune", tmp_path / "mlp.npz", "--framework", "keras", "--no-bridge",
+        "--epochs", 1, "-o", tmp_path / "mlp.onnx", "--report", tmp_path / "mlp.json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "mlp.json").read_text())["finetune"]["framework"] == "keras"
+    _, paths, images = cnn
+    np.savez(tmp_path / "dvar.npz", x=images)
+    out = tmp_path / "cnn.onnx"
+    result = invoke("ocnna", paths["h5"], "--data", tmp_path / "dvar.npz", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert onnx.load(str(out)).graph.input[0].name == "image"
+
+
+def test_corrupt_keras_file_is_one_line_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    before = sha(bad)
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3), np.float32))
+    for extra in ([], ["--framework", "keras", "--finetune", tmp_path / "d.npz"]):
+        result = CliRunner().invoke(
+            main, [str(a) for a in ["ocnna", bad, "--data", tmp_path / "d.npz", *extra]]
+        )
+        assert result.exit_code == 3, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        if HAS_TF:
+            assert (
+                lines[0].startswith("error: cannot convert ") and "not a readable Keras" in lines[0]
+            )
+        else:
+            assert "pip install 'onnxprune[keras]'" in lines[0]
+    assert sha(bad) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.keras", "d.npz"]
+
+
+def test_framework_keras_needs_a_keras_model(tmp_path, mlp):
+    _, path, data = mlp
+    proto, _ = okeras.keras_to_onnx(path)
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=data, y=np.zeros(len(data), np.int64))
+    result = CliRunner().invoke(
+        main,
+        ["ocnna", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+         "--framework", "keras", "--finetune", str(tmp_path / "d.npz")],
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        f"error: the Keras route needs a Keras model (.keras, .h5 or a SavedModel directory): "
+        f"{tmp_path / 'm.onnx'}"
+    ]
