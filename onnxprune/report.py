@@ -121,6 +121,18 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _schedule_text(tuned: dict) -> str:
+    """`` (cosine, 10% warm-up, weight decay 0.0005)`` or nothing for the plain defaults."""
+    parts = []
+    if tuned.get("schedule", "constant") != "constant":
+        parts.append(tuned["schedule"])
+    if tuned.get("warmup"):
+        parts.append(f"{100 * tuned['warmup']:g}% warm-up")
+    if tuned.get("weight_decay"):
+        parts.append(f"weight decay {tuned['weight_decay']:g}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def finetune_markdown(tuned: dict) -> list[str]:
     """The fine-tune's settings and per-epoch loss / eval metric; the kept epoch marked *."""
     fmt = lambda v: "-" if v is None else f"{v:.6g}"  # noqa: E731
@@ -129,7 +141,8 @@ def finetune_markdown(tuned: dict) -> list[str]:
         "## Fine-tune",
         "",
         f"{tuned['epochs_run']} of {tuned['epochs']} epoch(s) on {tuned['train_samples']:,} "
-        f"samples, {tuned['optimizer']} lr {tuned['lr']:g}, batch {tuned['batch_size']}, "
+        f"samples, {tuned['optimizer']} lr {tuned['lr']:g}{_schedule_text(tuned)}, "
+        f"batch {tuned['batch_size']}, "
         f"seed {tuned['seed']}, {tuned.get('processes', 1)} process(es), "
         f"{tuned['train_s']:.1f} s; kept epoch {tuned['best_epoch']} (by {tuned['metric']}).",
         "",

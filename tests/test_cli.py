@@ -265,6 +265,14 @@ def test_finetune_after_pruning_recovers_accuracy(workdir):
         workdir / "train.npz",
         "--epochs",
         1,
+        "--optimizer",
+        "adamw",
+        "--weight-decay",
+        1e-4,
+        "--schedule",
+        "cosine",
+        "--warmup",
+        0.1,
         "--report",
         workdir / "r.json",
         "-o",
@@ -272,6 +280,11 @@ def test_finetune_after_pruning_recovers_accuracy(workdir):
     )
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "r.json").read_text())
+    settings = {key: report["finetune"][key] for key in ("optimizer", "schedule", "warmup")}
+    assert settings == {"optimizer": "adamw", "schedule": "cosine", "warmup": 0.1}
+    assert report["finetune"]["weight_decay"] == 1e-4
+    markdown = (workdir / "r.md").read_text()
+    assert "adamw lr 0.001 (cosine, 10% warm-up, weight decay 0.0001)" in markdown
     assert report["accuracy_finetuned"] > report["accuracy_after"] + 0.3
     tuned = onnx.load(str(workdir / "ft.onnx"))
     check(tuned)

@@ -45,6 +45,34 @@ device_option = click.option(
 seed_option = click.option("--seed", type=int, default=0, show_default=True)
 run_options = options(batch_size_option, device_option, seed_option, force_option)
 
+training_options = options(
+    click.option(
+        "--optimizer",
+        type=click.Choice(["adam", "adamw", "sgd"]),
+        default="adam",
+        show_default=True,
+        help="adamw decouples --weight-decay from the gradient (as torch.optim.AdamW).",
+    ),
+    click.option("--weight-decay", type=float, default=0.0, show_default=True),
+    click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum."),
+    click.option(
+        "--schedule",
+        type=click.Choice(["constant", "cosine"]),
+        default="constant",
+        show_default=True,
+        help="Learning rate per step: constant, or cosine decay from --lr to ~0 over all epochs.",
+    ),
+    click.option(
+        "--warmup",
+        type=float,
+        default=0.0,
+        show_default=True,
+        help="Fraction of all steps (0 <= w < 1) spent rising linearly to --lr.",
+    ),
+)
+"""The fine-tune's optimiser settings (set them to the original training's, as the papers
+do), the same for `finetune` and `ocnna --finetune`."""
+
 
 def data_options(
     data_help: str,

@@ -16,7 +16,7 @@ import numpy as np
 from .. import progress
 from ..errors import DataError
 from . import main
-from .common import check_outputs, default_output, handle_errors
+from .common import check_outputs, default_output, handle_errors, training_options
 
 
 def _labelled(
@@ -98,29 +98,7 @@ Examples:
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
-@click.option(
-    "--optimizer",
-    type=click.Choice(["adam", "adamw", "sgd"]),
-    default="adam",
-    show_default=True,
-    help="adamw decouples --weight-decay from the gradient (as torch.optim.AdamW).",
-)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum.")
-@click.option(
-    "--schedule",
-    type=click.Choice(["constant", "cosine"]),
-    default="constant",
-    show_default=True,
-    help="Learning rate per step: constant, or cosine decay from --lr to ~0 over all epochs.",
-)
-@click.option(
-    "--warmup",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Fraction of all steps (0 <= w < 1) spent rising linearly to --lr.",
-)
+@training_options
 @click.option(
     "--device",
     type=click.Choice(["cpu", "cuda"]),

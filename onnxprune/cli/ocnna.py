@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ParameterError
 from . import main
 from .common import (
     check_outputs,
@@ -17,6 +18,7 @@ from .common import (
     ocnna_options,
     output_options,
     run_options,
+    training_options,
 )
 from .quantize import int8_path, quantize_option, save_with_int8
 
@@ -54,13 +56,7 @@ Examples:
 )
 @click.option("--epochs", type=int, default=1, show_default=True, help="Fine-tune epochs.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tune learning rate.")
-@click.option(
-    "--optimizer",
-    type=click.Choice(["adam", "sgd"]),
-    default="adam",
-    show_default=True,
-    help="Fine-tune optimizer.",
-)
+@training_options
 @click.option(
     "--framework",
     type=click.Choice(["torch", "keras"]),
@@ -94,6 +90,10 @@ def ocnna(
     epochs,
     lr,
     optimizer,
+    weight_decay,
+    momentum,
+    schedule,
+    warmup,
     framework,
     batch_size,
     device,
@@ -133,6 +133,11 @@ def ocnna(
     if keras_finetune:
         from ..keras import finetune_result
 
+        if optimizer == "adamw" or schedule != "constant" or warmup or weight_decay:
+            raise ParameterError(
+                "--framework keras fine-tunes with adam or sgd at a constant --lr: "
+                "--optimizer adamw, --weight-decay, --schedule and --warmup are torch only"
+            )
         finetune_result(
             result,
             finetune_data,
@@ -141,6 +146,7 @@ def ocnna(
             lr=lr,
             batch_size=batch_size,
             optimizer=optimizer,
+            momentum=momentum,
             seed=seed,
         )
     elif finetune_data is not None:
@@ -154,6 +160,10 @@ def ocnna(
             lr=lr,
             batch_size=batch_size,
             optimizer=optimizer,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            schedule=schedule,
+            warmup=warmup,
             seed=seed,
             device=device,
         )
