@@ -332,3 +332,24 @@ def test_outputs_get_normal_file_permissions(workdir):
     os.umask(mask)
     mode = (workdir / "model.ocnna-k40.onnx").stat().st_mode & 0o777
     assert mode == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("criterion", ["ocnna", "random"])
+def test_two_fresh_processes_write_byte_identical_models(workdir, criterion):
+    """Users diff onnxprune's output in their CI: the same inputs and --seed in two new
+    processes (scoring threads, least-squares refit, compensation) give the same bytes."""
+    import subprocess
+    import sys
+
+    outputs = []
+    for run in range(2):
+        output = workdir / f"run{run}.onnx"
+        command = [sys.executable, "-m", "onnxprune", "ocnna", str(workdir / "model.onnx")]
+        command += ["--k", "40", "--data", str(workdir / "dvar.npz"), "-o", str(output)]
+        command += ["--criterion", criterion, "--seed", "3", "--quiet"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs.append(output.read_bytes())
+    assert outputs[0] == outputs[1]
+    refit = onnx.load_from_string(outputs[0])
+    assert any("_refit_" in init.name for init in refit.graph.initializer)  # the default
