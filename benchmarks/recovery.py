@@ -198,7 +198,7 @@ def targets_section(results: dict, models: list[str], ks: list[float]) -> list[s
         first = "-"
         if rec:
             gap = 100 * (rec["original"] - rec["pruned"])
-            verdict = "met" if gap <= 3 else "**not met**"
+            verdict = "met" if round(gap, 6) <= 3 else "**not met**"
             first = f"{pct(rec['pruned'])} vs {pct(rec['original'])} ({gap:.1f} below): {verdict}"
         parts = []
         for k in ks:
