@@ -32,8 +32,8 @@ from paths import SHARED_DATA  # noqa: E402
 
 from onnxprune import progress  # noqa: E402
 from onnxprune.methods.odf2nna_dataset import odf2nna_from_dataset  # noqa: E402
-from onnxprune.mlp import split_dataset  # noqa: E402
 from onnxprune.sweep_table import plot_png, to_markdown  # noqa: E402
+from onnxprune.tabular import split_dataset  # noqa: E402
 
 DOCS = REPO / "docs"
 NOTES = """\

@@ -51,8 +51,8 @@ def cifar() -> dict[str, np.ndarray]:
 
 
 def spambase() -> dict[str, np.ndarray]:
-    """Stratified 80/20 split (onnxprune.mlp.split_dataset, seed 0)."""
-    from onnxprune.mlp import split_dataset
+    """Stratified 80/20 split (onnxprune.tabular.split_dataset, seed 0)."""
+    from onnxprune.tabular import split_dataset
 
     with np.load(SHARED / "spambase.npz") as data:
         x, y = data["X"].astype(np.float32), data["y"].astype(np.int64)

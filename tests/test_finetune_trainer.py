@@ -18,7 +18,8 @@ from torch import nn
 
 from onnxprune.errors import DataError, ParameterError
 from onnxprune.finetune.trainer import LRSchedule, TrainData, TrainResult, evaluate, train
-from onnxprune.mlp import Standardizer, build_mlp, split_dataset
+from onnxprune.mlp import build_mlp
+from onnxprune.tabular import Standardizer, split_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -446,7 +447,8 @@ DDP_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np, torch, torch.distributed as dist
     from onnxprune.finetune.trainer import TrainData, evaluate, train
-    from onnxprune.mlp import Standardizer, build_mlp, split_dataset
+    from onnxprune.mlp import build_mlp
+    from onnxprune.tabular import Standardizer, split_dataset
 
     out = sys.argv[1]
     data = np.load(sys.argv[2])

@@ -13,16 +13,8 @@ from paths import SHARED_DATA as DATA  # noqa: E402
 
 from onnxprune.errors import DataError, ParameterError
 from onnxprune.finetune.trainer import TrainData, evaluate
-from onnxprune.mlp import (
-    Standardizer,
-    build_mlp,
-    detect_task,
-    export_mlp,
-    hidden_units,
-    mlp_parameter_count,
-    split_dataset,
-    train_mlp,
-)
+from onnxprune.mlp import build_mlp, export_mlp, hidden_units, mlp_parameter_count, train_mlp
+from onnxprune.tabular import Standardizer, detect_task, split_dataset
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -172,7 +172,7 @@ def test_data_that_does_not_fit_and_nan_are_refused():
 def test_algorithm_1_on_hepatitis_with_missing_values():
     torch = pytest.importorskip("torch")
     from onnxprune import odf2nna_from_dataset
-    from onnxprune.mlp import split_dataset
+    from onnxprune.tabular import split_dataset
 
     torch.set_num_threads(1)
     data = np.load(SHARED_DATA / "hepatitis.npz")

@@ -117,7 +117,8 @@ def odf2nna_from_dataset(
     """Algorithm 1: train the starting MLP on ``train``, then prune and refine it for each
     epsilon; every figure in the report is measured on ``test``."""
     from ..finetune.round_trip import carry_metadata
-    from ..mlp import detect_task, export_mlp, split_dataset, train_mlp
+    from ..mlp import export_mlp, train_mlp
+    from ..tabular import detect_task, split_dataset
 
     epsilons = [check_epsilon(e) for e in np.atleast_1d(np.asarray(epsilon, dtype=object))]
     if not 0 < refine_fraction <= 1:
@@ -234,7 +235,7 @@ def _refine(
     (Ailerons: std 4e-4) would wreck those weights: unfold the scaling, retrain, fold back.
     """
     from ..finetune.round_trip import finetune
-    from ..mlp import TargetScaling
+    from ..tabular import TargetScaling
 
     if task != "regression":
         return finetune(pruned, fit_set, val_set, optimizer="adam", **options)
