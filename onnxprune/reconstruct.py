@@ -52,8 +52,11 @@ FALLBACK_RIDGE = 1e-2
 HOLD_OUT = 5
 #: Layers with more regressors per output than this are skipped (a d x d solve each).
 MAX_FEATURES = 8192
-#: Regression rows per regressor a conv layer samples (positions drawn per sample).
+#: Regression rows per regressor a conv layer samples (positions drawn per sample), and
+#: at most MAX_ROWS in all: each row costs d^2 in X^T X, so a wide conv on big maps (VGG at
+#: 224 px: d = 2765) would otherwise spend minutes per layer for no measurable gain.
 ROWS_PER_INPUT = 256
+MAX_ROWS = 1 << 15
 
 
 @dataclasses.dataclass
@@ -225,7 +228,9 @@ def _accumulate(
     hold_out = options.ridge is None and len(fit_data.dataset) >= 2 * HOLD_OUT
     x_session = calm_session(truncated(layer.model, [x_name]), options.device)
     y_session = calm_session(truncated(fit_data.original, [target]), options.device)
-    budget = None if options.rows_per_input is None else options.rows_per_input * w0.shape[1]
+    budget = None
+    if options.rows_per_input is not None:
+        budget = min(options.rows_per_input * w0.shape[1], MAX_ROWS)
     seen, keep = 0, None
     for feed in fit_data.dataset.batches(options.batch_size):
         x = x_session.run([x_name], feed)[0]
