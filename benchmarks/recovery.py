@@ -236,7 +236,8 @@ HOW_IT_WORKS = [
     "stays close to what it was); its strength is chosen per layer from 1e-4..10 x the mean "
     "input variance by the error on every fifth D_var sample held out, then the layer is "
     "solved on all samples.",
-    "- What limits it: on the CIFAR ResNet, 4 times more D_var (2,000 samples) changed "
+    "- What limits it (side runs before the 32,768-row cap, so the baselines differ from "
+    "the table by <= 0.1 point): on the CIFAR ResNet, 4 times more D_var (2,000 samples) changed "
     "accuracy after reconstruction by < 0.5 point (55.1% vs 56.0% at k = 40), as on the CIFAR "
     "CNN (62.8% at 500 vs 62.8% at 2,000): the refit is bounded by what a linear map of the "
     "kept channels can express, not by data. Two variants were measured and dropped: fitting "

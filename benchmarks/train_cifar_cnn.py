@@ -1,4 +1,4 @@
-"""Train the small VGG-style CNN on the CIFAR-10 subset that the fine-tune benchmark prunes.
+"""Train the small VGG-style CNNs on the CIFAR-10 subset that the fine-tune benchmark prunes.
 
 Why a script: the fine-tune recovery table (docs/finetune.md) needs a second, harder real
 model than the MNIST sample, and no weights can be downloaded here. Deterministic (seed 0,
@@ -10,7 +10,7 @@ one thread, deterministic kernels); the result is cached under ``.cache/cifar/``
     python benchmarks/train_cifar_cnn.py --stages 20/39,39/77,77 --hidden 77
 
 ``--wide`` trains the over-parameterised variant, twice the channels and dense width of the
-default (2.16 M instead of 0.54 M parameters, ~3x the training time; cached as
+default (2.16 M instead of 0.54 M parameters, ~3x the compute per step; cached as
 ``cifar_cnn_wide``): pruning papers report their small losses on networks with capacity to
 spare, and the default net has none at k = 40. ``--stages``/``--hidden`` train any other
 widths with the same recipe from scratch (cached as ``cifar_cnn_<widths>``): with the widths
