@@ -13,6 +13,7 @@ import onnx
 import pytest
 from conftest import importorskip_any
 from dead import kill
+from keras_weights import randomize
 
 import onnxprune
 from onnxprune.analyze import analyze
@@ -24,23 +25,6 @@ tf = importorskip_any("tensorflow")
 tf2onnx = importorskip_any("tf2onnx")
 
 KS = (10, 40, 75)
-
-
-def _randomize(model, seed: int) -> None:
-    """Random kernels and biases (Keras zero-inits biases, tf2onnx would drop them),
-    BN statistics away from identity."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        values = []
-        for index, weight in enumerate(layer.get_weights()):
-            if isinstance(layer, tf.keras.layers.BatchNormalization) and index in (0, 3):
-                values.append(0.5 + rng.random(weight.shape))  # gamma, moving variance
-            elif weight.ndim == 1:
-                values.append(0.1 * rng.standard_normal(weight.shape))
-            else:
-                fan_in = np.prod(weight.shape[:-1])
-                values.append(rng.standard_normal(weight.shape) / np.sqrt(fan_in))
-        layer.set_weights([v.astype(np.float32) for v in values])
 
 
 def keras_cnn():
@@ -69,7 +53,7 @@ def converted(request):
     """(ONNX model from tf2onnx, input name, sample data, Keras outputs on that data)."""
     tf.keras.utils.set_random_seed(0)
     model, shape = {"cnn": keras_cnn, "mlp": keras_mlp}[request.param]()
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     name = model.inputs[0].name.split(":")[0]
     spec = (tf.TensorSpec((None, *shape), tf.float32, name=name),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)

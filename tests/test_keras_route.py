@@ -19,6 +19,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import import_error, importorskip_any
+from keras_weights import randomize
 from paths import SHARED_DATA
 
 from onnxprune import keras as okeras  # imports TensorFlow only when used
@@ -36,22 +37,6 @@ needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no {MNIST}")
 
 def kept(total: int, k: float = 40) -> int:
     return total - min(math.floor(k * total / 100 + 1e-9), total - 1)
-
-
-def _randomize(model, seed: int) -> None:
-    """Random kernels and biases, BN statistics away from identity (so folds show)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        values = []
-        for index, weight in enumerate(layer.get_weights()):
-            if isinstance(layer, tf.keras.layers.BatchNormalization) and index in (0, 3):
-                values.append(0.5 + rng.random(weight.shape))  # gamma, moving variance
-            elif weight.ndim == 1:
-                values.append(0.1 * rng.standard_normal(weight.shape))
-            else:
-                fan_in = np.prod(weight.shape[:-1])
-                values.append(rng.standard_normal(weight.shape) / np.sqrt(fan_in))
-        layer.set_weights([v.astype(np.float32) for v in values])
 
 
 def keras_cnn():
@@ -117,7 +102,7 @@ def folder(tmp_path_factory):
 def cnn(folder):
     tf.keras.utils.set_random_seed(0)
     model = keras_cnn()
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     paths = {fmt: save(model, folder, fmt) for fmt in FORMATS}
     data = np.random.default_rng(2).random((48, 28, 28, 1)).astype(np.float32)
     return model, paths, data
@@ -127,7 +112,7 @@ def cnn(folder):
 def mlp(folder):
     tf.keras.utils.set_random_seed(0)
     model = keras_mlp()
-    _randomize(model, seed=3)
+    randomize(model, seed=3)
     weights = model.get_layer("h1").get_weights()
     weights[0][:, :4] = 0.0  # four constant units: ODF2NNA removes them at any epsilon
     model.get_layer("h1").set_weights(weights)
@@ -250,7 +235,7 @@ def test_a_layer_without_channel_rule_on_a_pruned_path_is_named(mlp):
     features = layers.Input((20,), name="features")
     x = layers.PReLU(name="slopes")(layers.Dense(16, name="h")(features))
     model = tf.keras.Model(features, layers.Dense(3, name="out")(x))
-    _randomize(model, seed=5)
+    randomize(model, seed=5)
     data = mlp[2]
     with pytest.raises(ModelError, match=r"Keras layer 'slopes' \(PReLU\)") as info:
         okeras.ocnna(model, k=40, data=data)
