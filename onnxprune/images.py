@@ -142,6 +142,12 @@ class ImageFolder(Dataset):
             self.root, self.files[:count], labels, self.classes, self.specs[0], self.transform
         )
 
+    def take(self, index: np.ndarray) -> ImageFolder:
+        """The images at ``index`` (no decoding)."""
+        labels = None if self.labels is None else self.labels[index]
+        files = [self.files[i] for i in index.tolist()]
+        return ImageFolder(self.root, files, labels, self.classes, self.specs[0], self.transform)
+
     @property
     def arrays(self) -> dict[str, np.ndarray]:  # type: ignore[override]
         """Every image decoded into one array: for stages that need random access (training);

@@ -185,6 +185,20 @@ class Dataset:
         arrays = {name: array[:count] for name, array in self.arrays.items()}
         return Dataset(arrays, self.specs, labels, self.source)
 
+    def spread(self, count: int) -> Dataset:
+        """``count`` samples evenly spaced over the whole set (data sorted by class keeps
+        every class), a whole number of fixed batches; all of it when it is not larger."""
+        count -= count % (self.fixed_batch or 1)
+        if count <= 0 or count >= len(self):
+            return self
+        return self.take(np.linspace(0, len(self) - 1, count).round().astype(np.int64))
+
+    def take(self, index: np.ndarray) -> Dataset:
+        """The samples at ``index`` (copied)."""
+        labels = None if self.labels is None else np.asarray(self.labels)[index]
+        arrays = {name: np.asarray(array[index]) for name, array in self.arrays.items()}
+        return Dataset(arrays, self.specs, labels, self.source)
+
 
 DataLike = str | os.PathLike | np.ndarray | Mapping[str, np.ndarray] | Dataset
 

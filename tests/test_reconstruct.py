@@ -18,9 +18,11 @@ from dense_forms import build_dense
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
+from onnxprune import reconstruct as reconstruct_module
 from onnxprune.analyze import analyze
 from onnxprune.cli import main
 from onnxprune.errors import DataError
+from onnxprune.io import Dataset, InputSpec
 from onnxprune.methods.odf2nna import observe_units
 from onnxprune.normal_equations import RIDGE_GRID, NormalEquations, choose_ridge
 from onnxprune.pipeline import apply_masks, masks_for_removal
@@ -223,6 +225,34 @@ def test_streaming_in_batches_equals_one_batch(rows_per_input, rng):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(fits_one, fits_many):
         assert a.error_after == pytest.approx(b.error_after, rel=1e-6, abs=1e-12)
+
+
+def test_a_large_dvar_is_refit_on_an_even_spread_of_it(rng, monkeypatch):
+    """Every layer is a pass over the refit data, so past MAX_SAMPLES an evenly spaced
+    subset is used: the same model as refitting on exactly those samples."""
+    model = chain_model()
+    data = rng.standard_normal((50, 3, 8, 8)).astype(np.float32)
+    analysis, masks, pruned = _pruned(model, data, {"A": [0, 3], "B": [1]}, compensate=True)
+    kept = kept_outputs(analysis, masks)
+    everything, _ = reconstruct(analysis.model, pruned, data, kept_outputs=kept)
+    monkeypatch.setattr(reconstruct_module, "MAX_SAMPLES", 20)
+    spread, _ = reconstruct(analysis.model, pruned, data, kept_outputs=kept)
+    index = np.linspace(0, 49, 20).round().astype(int)
+    chosen, _ = reconstruct(analysis.model, pruned, data[index], kept_outputs=kept)
+    assert spread.SerializeToString() == chosen.SerializeToString()
+    assert spread.SerializeToString() != everything.SerializeToString()
+
+
+def test_spread_keeps_every_part_of_sorted_data_and_whole_fixed_batches():
+    labels = np.repeat(np.arange(5), 20)  # sorted by class, as an image folder is
+    specs = [InputSpec("x", np.dtype(np.float32), (None, 2))]
+    data = Dataset({"x": np.arange(200, dtype=np.float32).reshape(100, 2)}, specs, labels)
+    picked = data.spread(10)
+    assert len(picked) == 10 and set(picked.labels.tolist()) == set(range(5))
+    assert picked.arrays["x"][0, 0] == 0 and picked.arrays["x"][-1, 0] == 198
+    fixed = Dataset(data.arrays, [InputSpec("x", np.dtype(np.float32), (4, 2))], labels)
+    assert len(fixed.spread(10)) == 8
+    assert data.spread(500) is data
 
 
 def _moments(x, y):
