@@ -316,8 +316,9 @@ def reconstruct(
     needed for layers whose outputs were pruned too. Past MAX_SAMPLES samples an evenly
     spaced subset of ``data`` is used (each layer is a pass over it). A conv with more
     output positions than it needs uses ``rows_per_input`` x (its inputs) rows (at most
-    MAX_ROWS), drawn at random per sample (None: every position). Returns a new model and one LayerFit per layer that lost
-    inputs, with the reason where a layer was left as it was.
+    MAX_ROWS), drawn at random per sample (None: every position). Returns a new model and
+    one LayerFit per layer that lost inputs, with the reason where a layer was left as it
+    was.
     """
     if ridge is not None and ridge < 0:
         raise ParameterError(f"ridge must be >= 0, got {ridge}")
