@@ -258,7 +258,7 @@ def main() -> int:
         f"other jobs; Python {platform.python_version()}, onnxruntime {ort.__version__}, "
         f"torch {torch.__version__}; the load average was 10-15 during the measured run, so "
         "times are upper bounds. Produced by `benchmarks/criteria.py`; no reconstruction "
-        "(`--reconstruct` off).",
+        "(`--no-reconstruct`).",
         "",
     ]
     text = "\n".join(header + sections)
