@@ -51,6 +51,8 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
                 "channels": group.size,
                 "prunable": group.prunable,
                 "reason": None if group.prunable else (group.frozen_reason or "single channel"),
+                # read by a grouped conv: pruned equally in each of these channel blocks
+                "equal_groups": 1 if group.blocks is None else len(group.blocks),
                 "layers": members,
             }
         )
@@ -63,6 +65,13 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
         "prunable_groups": sum(1 for g in groups if g["prunable"]),
         "conv_params_prunable_ratio": conv_prunable / conv_total if conv_total else 0.0,
     }
+
+
+def _prunable_text(group: dict) -> str:
+    if not group["prunable"]:
+        return f"no: {group['reason']}"
+    blocks = group.get("equal_groups", 1)
+    return "yes" if blocks == 1 else f"yes, equally in {blocks} conv groups"
 
 
 def print_inspection(info: dict) -> None:
@@ -81,7 +90,7 @@ def print_inspection(info: dict) -> None:
             str(group["channels"]),
             "\n".join(f"{m['params']:,}" for m in group["layers"]),  # one line per layer
             "\n".join(f"{m['flops']:,}" for m in group["layers"]),
-            "yes" if group["prunable"] else f"no: {group['reason']}",
+            _prunable_text(group),
         )
     console = Console()
     console.print(table)

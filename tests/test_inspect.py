@@ -86,3 +86,13 @@ def test_inspect_command_prints_json_and_a_table(tmp_path):
     assert table.exit_code == 0
     for text in ("prunable / why not", "FLOPs", "no: carried by model output", "yes"):
         assert text in table.stdout, text
+
+
+def test_inspect_says_which_groups_a_grouped_conv_prunes_equally(tmp_path):
+    path = tmp_path / "grouped.onnx"
+    onnx.save(build("grouped_conv_net"), str(path))
+    info = inspect(str(path))
+    assert sorted({g["equal_groups"] for g in info["groups"] if g["prunable"]}) == [1, 2]
+    runner = CliRunner(env={"COLUMNS": "200"})
+    table = runner.invoke(main, ["inspect", str(path)], catch_exceptions=False)
+    assert "yes, equally in 2 conv groups" in table.stdout
