@@ -30,6 +30,7 @@ from .blas import one_blas_thread
 from .errors import ParameterError
 from .graph.rewrite import Plan
 from .io import DataLike, Dataset, input_specs, load_data
+from .metrics import layer_macs
 from .normal_equations import CHUNK_ELEMENTS, NormalEquations, choose_ridge
 from .observe import providers_for
 from .refit_layers import (
@@ -52,7 +53,12 @@ FALLBACK_RIDGE = 1e-2
 HOLD_OUT = 5
 #: D_var samples a refit streams (evenly spaced over D_var): every layer is one pass over
 #: them, and 500 vs 2,000 samples changed no benchmark model by more than half a point.
+#: Big models get fewer, so that layers x samples x MACs per sample stays near REFIT_MACS
+#: (ResNet-50 at 224 px: 53 layers, 4.1 GMACs -> MIN_SAMPLES), but never below
+#: MIN_SAMPLES: big inputs have many positions per sample to fit convs on.
 MAX_SAMPLES = 2048
+MIN_SAMPLES = 128
+REFIT_MACS = 2e12
 #: Layers with more regressors per output than this are skipped (a d x d solve each).
 MAX_FEATURES = 8192
 #: Regression rows per regressor a conv layer samples (positions drawn per sample), and
@@ -322,22 +328,35 @@ def reconstruct(
     """
     if ridge is not None and ridge < 0:
         raise ParameterError(f"ridge must be >= 0, got {ridge}")
-    dataset = load_data(data, input_specs(original)).spread(MAX_SAMPLES)
+    dataset = load_data(data, input_specs(original))
+    model = onnx.ModelProto()
+    model.CopyFrom(pruned)
+    fits = find_consumers(original, model)
+    dataset = dataset.spread(refit_samples(original, dataset, len(fits)))
     options = Options(
         ridge, dataset.batch_size(batch_size), device, max_features, rows_per_input, seed
     )
     fit_data = FitData(original, dataset, dict(kept_outputs or {}), options)
-    model = onnx.ModelProto()
-    model.CopyFrom(pruned)
-    fits = find_consumers(original, model)
     with one_blas_thread():  # reproducible sums; onnxruntime keeps its own threads
         _refit_all(fits, model, fit_data)
     _drop_unused_initializers(model)
     return model, fits
 
 
+def refit_samples(original: onnx.ModelProto, dataset: Dataset, layers: int) -> int:
+    """How many D_var samples the refit streams: MAX_SAMPLES, fewer for big models (see
+    REFIT_MACS), never below MIN_SAMPLES. From MACs, not timings, so runs are repeatable."""
+    if len(dataset) <= MIN_SAMPLES or layers == 0:
+        return len(dataset)
+    macs = max(sum(layer_macs(original, next(dataset.batches(1))).values()), 1)
+    affordable = int(REFIT_MACS / (layers * macs))
+    return max(MIN_SAMPLES, min(MAX_SAMPLES, affordable))
+
+
 def _refit_all(fits: list[LayerFit], model: onnx.ModelProto, fit_data: FitData) -> None:
-    for fit in progress.track(fits, f"reconstructing {len(fits)} layers", total=len(fits)):
+    samples = len(fit_data.dataset)
+    label = f"reconstructing {len(fits)} layers on {samples} D_var samples"
+    for fit in progress.track(fits, label, total=len(fits)):
         try:
             _refit(fit, model, fit_data)
         except Skip as reason:

@@ -22,11 +22,12 @@ from onnxprune import reconstruct as reconstruct_module
 from onnxprune.analyze import analyze
 from onnxprune.cli import main
 from onnxprune.errors import DataError
-from onnxprune.io import Dataset, InputSpec
+from onnxprune.io import Dataset, InputSpec, load_data
 from onnxprune.methods.odf2nna import observe_units
+from onnxprune.metrics import layer_macs
 from onnxprune.normal_equations import RIDGE_GRID, NormalEquations, choose_ridge
 from onnxprune.pipeline import apply_masks, masks_for_removal
-from onnxprune.reconstruct import kept_outputs, reconstruct
+from onnxprune.reconstruct import kept_outputs, reconstruct, refit_samples
 from onnxprune.recovery import measure
 from onnxprune.refit_layers import ConvLayer, im2col
 from onnxprune.score import consumer_inputs
@@ -235,12 +236,31 @@ def test_a_large_dvar_is_refit_on_an_even_spread_of_it(rng, monkeypatch):
     analysis, masks, pruned = _pruned(model, data, {"A": [0, 3], "B": [1]}, compensate=True)
     kept = kept_outputs(analysis, masks)
     everything, _ = reconstruct(analysis.model, pruned, data, kept_outputs=kept)
+    monkeypatch.setattr(reconstruct_module, "MIN_SAMPLES", 10)
     monkeypatch.setattr(reconstruct_module, "MAX_SAMPLES", 20)
     spread, _ = reconstruct(analysis.model, pruned, data, kept_outputs=kept)
     index = np.linspace(0, 49, 20).round().astype(int)
     chosen, _ = reconstruct(analysis.model, pruned, data[index], kept_outputs=kept)
     assert spread.SerializeToString() == chosen.SerializeToString()
     assert spread.SerializeToString() != everything.SerializeToString()
+
+
+def test_big_models_are_refit_on_fewer_samples_from_their_macs(rng, monkeypatch):
+    model = chain_model()
+    dataset = load_data(
+        rng.standard_normal((300, 3, 8, 8)).astype(np.float32),
+        [InputSpec("x", np.dtype(np.float32), (None, 3, 8, 8))],
+    )
+    macs = sum(layer_macs(model, next(dataset.batches(1))).values())
+    monkeypatch.setattr(reconstruct_module, "MIN_SAMPLES", 16)
+    monkeypatch.setattr(reconstruct_module, "MAX_SAMPLES", 256)
+    monkeypatch.setattr(reconstruct_module, "REFIT_MACS", 4 * 50 * macs)
+    assert refit_samples(model, dataset, layers=4) == 50  # what the budget affords
+    assert refit_samples(model, dataset, layers=1) == 200 >= 16  # 4x the layers' budget
+    assert refit_samples(model, dataset, layers=400) == 16  # never below the floor
+    monkeypatch.setattr(reconstruct_module, "REFIT_MACS", 1e30)
+    assert refit_samples(model, dataset, layers=4) == 256  # never above the cap
+    assert refit_samples(model, dataset.subset(12), layers=4) == 12  # small D_var: all
 
 
 def test_spread_keeps_every_part_of_sorted_data_and_whole_fixed_batches():
