@@ -81,6 +81,22 @@ def test_prune_trained_model_writes_model_and_report(workdir):
     assert "Hidden layers removed" in (workdir / "r.md").read_text()
 
 
+def test_reconstruct_flag_refits_the_layers_after_removed_units(workdir):
+    args = ["odf2nna", workdir / "mlp.onnx", "--epsilon", 0.1, "--data", workdir / "eval.npz"]
+    args.append("--no-bridge")  # layer 2 keeps a unit, so the layers after it lose inputs
+    for flag, name in (([], "plain"), (["--reconstruct"], "refit")):
+        result = invoke(
+            *args, *flag, "-o", workdir / f"{name}.onnx", "--report", workdir / f"{name}.json", "-q"
+        )
+        assert result.exit_code == 0, result.output
+        check(onnx.load(str(workdir / f"{name}.onnx")))
+    plain, refit = (json.loads((workdir / f"{n}.json").read_text()) for n in ("plain", "refit"))
+    assert plain["parameters"]["reconstruct"] is False
+    assert refit["parameters"]["reconstruct"] is True
+    assert plain["recovery"] and not any(row["refit"] for row in plain["recovery"])
+    assert any(row["refit"] for row in refit["recovery"])
+
+
 def test_sweep_writes_table_json_and_plot(workdir):
     result = invoke(
         "odf2nna",

@@ -95,6 +95,11 @@ Examples:
     help="Fine-tune in PyTorch (any ONNX model) or in Keras (MODEL is .keras/.h5/SavedModel).",
 )
 @click.option("--no-bridge", is_flag=True, help="Keep one unit instead of removing a layer.")
+@click.option(
+    "--reconstruct",
+    is_flag=True,
+    help="Also refit the layers that lost inputs by least squares on --data (see ocnna).",
+)
 @quantize_option
 @output_options("Output model [sweep / Algorithm 1: output prefix].", "JSON report.", prefix=True)
 @device_option
@@ -163,6 +168,7 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
         batch_size=batch_size,
         device=options["device"],
         bridge=not options["no_bridge"],
+        reconstruct=options["reconstruct"],
     )
     for result in results:
         if keras_finetune:

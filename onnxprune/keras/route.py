@@ -97,6 +97,7 @@ def odf2nna_sweep(
     """
     epsilons = [check_epsilon(e) for e in epsilons]
     bridge = options.pop("bridge", True)
+    reconstruct = options.pop("reconstruct", False)
     proto, keras_model, source = keras_source(model)
     observed = observe_units(proto, data, **options)
     observed.model_arg = source
@@ -107,6 +108,7 @@ def odf2nna_sweep(
             observed,
             epsilon,
             bridge=bridge,
+            reconstruct=reconstruct,
             batch_size=options.get("batch_size", 64),
             device=options.get("device", "cpu"),
         )
