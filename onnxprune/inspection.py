@@ -51,8 +51,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
                 "channels": group.size,
                 "prunable": group.prunable,
                 "reason": None if group.prunable else (group.frozen_reason or "single channel"),
-                # read by a grouped conv: pruned equally in each of these channel blocks
-                "equal_groups": 1 if group.blocks is None else len(group.blocks),
+                "equal_groups": group.equal_groups,
                 "layers": members,
             }
         )

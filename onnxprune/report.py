@@ -297,8 +297,7 @@ def build_report(
                     "kept": kept,
                     "total": total,
                     "prunable": group.prunable,
-                    # a grouped conv reads it: every one of these groups keeps as many
-                    "equal_groups": 1 if group.blocks is None else len(group.blocks),
+                    "equal_groups": group.equal_groups,
                     "macs_before": node_macs_before.get(source.name, 0),
                     "macs_after": node_macs_after.get(source.name, 0),
                 }
@@ -334,6 +333,16 @@ def build_report(
         "layers": layers,
         "frozen": frozen,
     }
+
+
+def carry_metadata(tuned: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Copy ``source``'s metadata_props (provenance) into ``tuned`` (a retrained export of
+    it), never duplicating a key."""
+    present = {prop.key for prop in tuned.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in present:
+            tuned.metadata_props.add(key=prop.key, value=prop.value)
+            present.add(prop.key)
 
 
 def stamp_provenance(pruned: onnx.ModelProto, report: dict, model_arg) -> None:

@@ -158,25 +158,15 @@ class Extras:
 
         def after_prune(result: PruneResult) -> None:
             if self.finetune_data is not None:
-                from .finetune.round_trip import finetune
+                from .finetune.round_trip import finetune_result
 
-                tuned, extra = finetune(
-                    result.model,
-                    self.finetune_data,
-                    eval_set,
-                    epochs=self.epochs,
-                    lr=self.lr,
-                    batch_size=batch_size,
-                    seed=seed,
-                    device=device,
-                )
-                if tuned is None:
+                settings = {"epochs": self.epochs, "lr": self.lr, "batch_size": batch_size}
+                if not finetune_result(
+                    result, self.finetune_data, eval_set, seed=seed, device=device, **settings
+                ):
                     raise ParameterError(
                         "run sweeps with --finetune in one process, not under torchrun"
                     )
-                tuned.metadata_props.extend(result.model.metadata_props)
-                result.model = tuned
-                result.report.update(extra)
             if self.quantize:
                 from .quantize import add_int8
 

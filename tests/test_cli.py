@@ -356,3 +356,15 @@ def test_two_fresh_processes_write_byte_identical_models(workdir, criterion):
     assert outputs[0] == outputs[1]
     refit = onnx.load_from_string(outputs[0])
     assert any("_refit_" in init.name for init in refit.graph.initializer)  # the default
+
+
+TORCH_ONLY = [{"optimizer": "adamw"}, {"schedule": "cosine"}, {"warmup": 0.1}]
+
+
+@pytest.mark.parametrize("setting", [*TORCH_ONLY, {"weight_decay": 1e-4}])
+def test_keras_fine_tune_refuses_torch_only_settings_before_any_work(setting):
+    from onnxprune.cli.common import finetune_pruned
+    from onnxprune.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="torch only"):
+        finetune_pruned(None, "keras", "train.npz", None, epochs=1, **setting)

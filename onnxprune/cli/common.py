@@ -141,6 +141,33 @@ ocnna_options = options(
 """OCNNA's selection and recovery settings, the same for one k and for a sweep."""
 
 
+#: Fine-tune settings only the PyTorch route has, at their neutral values.
+TORCH_ONLY = {"weight_decay": 0.0, "schedule": "constant", "warmup": 0.0}
+
+
+def finetune_pruned(
+    result, framework: str, train_data: str, eval_data: str | None, **settings
+) -> bool:
+    """``--finetune`` of a pruning command: the user's rebuilt Keras model in Keras, or the
+    pruned ONNX model in PyTorch; the result then holds the trained export. False on a
+    torchrun rank other than 0 (rank 0 writes the outputs)."""
+    if framework == "keras":
+        from ..keras import finetune_result
+
+        changed = [k for k, neutral in TORCH_ONLY.items() if settings.pop(k, neutral) != neutral]
+        if settings.get("optimizer") == "adamw" or changed:
+            raise ParameterError(
+                "--framework keras fine-tunes with adam or sgd at a constant --lr: "
+                "--optimizer adamw, --weight-decay, --schedule and --warmup are torch only"
+            )
+        settings.pop("device", None)  # Keras trains on the CPU here
+        finetune_result(result, train_data, eval_data, **settings)
+        return True
+    from ..finetune.round_trip import finetune_result
+
+    return finetune_result(result, train_data, eval_data, **settings)
+
+
 def handle_errors(command):
     """One line and a non-zero exit for every failure; a traceback only with --verbose."""
 

@@ -130,9 +130,9 @@ def finetune(
     force,
 ) -> None:
     """Fine-tune MODEL (ONNX) in PyTorch and write it back as ONNX."""
-    from ..finetune.round_trip import carry_metadata
     from ..finetune.round_trip import finetune as run_finetune
     from ..io import atomic_write_bytes, load_model, save_model
+    from ..report import carry_metadata
 
     if int(os.environ.get("RANK", "0")) != 0:
         progress.set_quiet(True)

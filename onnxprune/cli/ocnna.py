@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import ParameterError
 from . import main
 from .common import (
     check_outputs,
     check_suffix,
     data_options,
     default_output,
+    finetune_pruned,
     handle_errors,
     k_tag,
     ocnna_options,
@@ -130,48 +130,23 @@ def ocnna(
         reconstruct=reconstruct,
         memory_budget=memory_budget,
     )
-    if keras_finetune:
-        from ..keras import finetune_result
-
-        if optimizer == "adamw" or schedule != "constant" or warmup or weight_decay:
-            raise ParameterError(
-                "--framework keras fine-tunes with adam or sgd at a constant --lr: "
-                "--optimizer adamw, --weight-decay, --schedule and --warmup are torch only"
-            )
-        finetune_result(
-            result,
-            finetune_data,
-            eval_data,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            momentum=momentum,
-            seed=seed,
-        )
-    elif finetune_data is not None:
-        from ..finetune.round_trip import finetune
-
-        tuned, extra = finetune(
-            result.model,
-            finetune_data,
-            eval_data,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            schedule=schedule,
-            warmup=warmup,
-            seed=seed,
-            device=device,
-        )
-        if tuned is None:  # a torchrun rank other than 0: rank 0 writes the outputs
-            return
-        tuned.metadata_props.extend(result.model.metadata_props)
-        result.model = tuned
-        result.report.update(extra)
+    if finetune_data is not None and not finetune_pruned(
+        result,
+        framework,
+        finetune_data,
+        eval_data,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        schedule=schedule,
+        warmup=warmup,
+        seed=seed,
+        device=device,
+    ):
+        return  # a torchrun rank other than 0: rank 0 writes the outputs
     int8 = None
     if quantize == "int8":
         from ..quantize import add_int8

@@ -16,6 +16,7 @@ from .common import (
     default_output,
     device_option,
     eps_tag,
+    finetune_pruned,
     force_option,
     handle_errors,
     output_options,
@@ -171,36 +172,18 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
         reconstruct=options["reconstruct"],
     )
     for result in results:
-        if keras_finetune:
-            from ..keras import finetune_result
-
-            finetune_result(
-                result,
-                options["finetune_data"],
-                options["eval_data"],
-                epochs=epochs,
-                lr=options["lr"],
-                batch_size=batch_size,
-                seed=options["seed"],
-            )
-        elif options["finetune_data"] is not None:
-            from ..finetune.round_trip import carry_metadata, finetune
-
-            tuned, extra = finetune(
-                result.model,
-                options["finetune_data"],
-                options["eval_data"],
-                epochs=epochs,
-                lr=options["lr"],
-                batch_size=batch_size,
-                seed=options["seed"],
-                device=options["device"],
-            )
-            if tuned is None:  # a torchrun rank other than 0: rank 0 writes the outputs
-                return
-            carry_metadata(tuned, result.model)
-            result.model = tuned
-            result.report.update(extra)
+        if options["finetune_data"] is not None and not finetune_pruned(
+            result,
+            options["framework"],
+            options["finetune_data"],
+            options["eval_data"],
+            epochs=epochs,
+            lr=options["lr"],
+            batch_size=batch_size,
+            seed=options["seed"],
+            device=options["device"],
+        ):
+            return  # a torchrun rank other than 0: rank 0 writes the outputs
     if not sweep:
         int8 = None
         if options["quantize"] == "int8":

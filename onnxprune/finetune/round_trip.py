@@ -29,6 +29,8 @@ from .. import progress
 from ..errors import ParameterError
 from ..io import DataLike, Dataset, input_specs, load_data, load_model
 from ..metrics import count_params, evaluate, task_of
+from ..pipeline import PruneResult
+from ..report import carry_metadata
 from ..verify import verify
 
 METADATA_KEY = "onnxprune.finetune"
@@ -85,15 +87,6 @@ def resolve_device(device: str) -> str:
 def _rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     return int(os.environ.get("RANK", "0"))
-
-
-def carry_metadata(tuned: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Copy ``source``'s metadata_props (provenance) into ``tuned``, never duplicating a key."""
-    present = {prop.key for prop in tuned.metadata_props}
-    for prop in source.metadata_props:
-        if prop.key not in present:
-            tuned.metadata_props.add(key=prop.key, value=prop.value)
-            present.add(prop.key)
 
 
 def _in_process_group() -> bool:
@@ -214,3 +207,18 @@ def finetune(
         for metric, value in evaluate(tuned, eval_set, batch_size).items():
             report[f"{metric}_finetuned"] = value
     return tuned, report
+
+
+def finetune_result(
+    result: PruneResult, train_data: DataLike, eval_data: DataLike | None = None, **settings
+) -> bool:
+    """Fine-tune a pruning result in place: its model becomes the trained export (keeping
+    the pruning provenance) and its report gains the fine-tune block. ``settings`` are
+    ``finetune``'s. False on a torchrun rank other than 0, which writes nothing."""
+    tuned, extra = finetune(result.model, train_data, eval_data, **settings)
+    if tuned is None:
+        return False
+    carry_metadata(tuned, result.model)
+    result.model = tuned
+    result.report.update(extra)
+    return True

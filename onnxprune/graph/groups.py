@@ -34,6 +34,11 @@ class ChannelGroup:
         return "conv" if any(s.kind == "conv" for s in self.sources) else "dense"
 
     @property
+    def equal_groups(self) -> int:
+        """How many blocks a grouped conv makes it lose channels equally from (1: none)."""
+        return 1 if self.blocks is None else len(self.blocks)
+
+    @property
     def prunable(self) -> bool:
         return self.frozen_reason is None and self.size > 1
 

@@ -17,7 +17,6 @@ from .route import (
     ocnna,
     odf2nna,
     odf2nna_sweep,
-    prune_and_finetune,
 )
 
 __all__ = [
@@ -29,5 +28,4 @@ __all__ = [
     "ocnna",
     "odf2nna",
     "odf2nna_sweep",
-    "prune_and_finetune",
 ]

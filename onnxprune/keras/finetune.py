@@ -21,6 +21,7 @@ from .. import progress
 from ..errors import DataError, ParameterError
 from ..io import DataLike, Dataset, input_specs, load_data
 from ..metrics import count_params, evaluate, task_of
+from ..report import carry_metadata
 from ..verify import verify
 from .convert import model_to_onnx, tensorflow
 from .rebuild import check_equal
@@ -213,15 +214,3 @@ def finetune_keras(
         for name, value in evaluate(tuned, eval_set, batch_size).items():
             report[f"{name}_finetuned"] = value
     return tuned, report, model
-
-
-def carry_metadata(tuned: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Copy ``source``'s metadata_props (provenance) into ``tuned``, never duplicating a key.
-
-    (round_trip.carry_metadata does the same but imports torch.)
-    """
-    present = {prop.key for prop in tuned.metadata_props}
-    for prop in source.metadata_props:
-        if prop.key not in present:
-            tuned.metadata_props.add(key=prop.key, value=prop.value)
-            present.add(prop.key)

@@ -29,20 +29,3 @@ def plan_for(scored: Scored | Observed, masks: dict[int, np.ndarray]) -> Plan:
     """The rewrite plan of those masks: ``plan.keep(tensor)`` is any tensor's channel mask."""
     analysis = scored.analysis
     return Plan(analysis.cg, analysis.groups, masks)
-
-
-def check_counts(
-    plan_masks: dict[int, np.ndarray], scored: Scored | Observed, report: dict
-) -> None:
-    """The masks must give the kept/total per layer that the pruning report lists."""
-    groups = scored.analysis.groups
-    for row in report.get("layers", []):
-        mask = plan_masks.get(row["group"])
-        if mask is None:
-            continue
-        kept = int(mask[groups[row["group"]].channel_of[row["name"]]].sum())
-        if kept != row["kept"]:
-            raise ModelError(
-                f"internal mismatch: layer '{row['name']}' keeps {row['kept']} channels in "
-                f"the pruned model but {kept} in the Keras plan"
-            )

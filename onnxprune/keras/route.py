@@ -24,8 +24,8 @@ from ..methods.odf2nna import observe_units, prune_observed
 from ..pipeline import PruneResult, first_feed
 from ..select import check_epsilon
 from .convert import is_keras_path, keras_to_onnx, model_to_onnx
-from .finetune import carry_metadata, finetune_keras
-from .plan import check_counts, plan_for, refuse_bridged
+from .finetune import finetune_keras
+from .plan import plan_for, refuse_bridged
 from .rebuild import rebuild
 
 
@@ -81,7 +81,6 @@ def ocnna(
     scored.model_arg = source  # the report and provenance name the Keras file
     result = prune_scored(scored, k, round_to, reconstruct=reconstruct)
     masks = result.masks
-    check_counts(masks, scored, result.report)
     rebuilt = rebuild(
         keras_model, scored.analysis, plan_for(scored, masks), result.model, scored.feed
     )
@@ -114,7 +113,6 @@ def odf2nna_sweep(
         )
         refuse_bridged(result.report)
         masks = result.masks
-        check_counts(masks, observed, result.report)
         plan = plan_for(observed, masks)
         rebuilt = rebuild(keras_model, observed.analysis, plan, result.model, feed)
         results.append(KerasPruneResult(result.model, result.report, result.masks, rebuilt))
@@ -140,40 +138,9 @@ def finetune_result(
     """
     if not isinstance(result, KerasPruneResult) or result.keras_model is None:
         raise ModelError("Keras fine-tuning needs a result of the Keras route (onnxprune.keras)")
-    tuned, extra, trained = finetune_keras(
+    tuned, extra, trained = finetune_keras(  # keeps result.model's provenance
         result.keras_model, result.model, train_data, eval_data, **settings
     )
-    carry_metadata(tuned, result.model)
     result.model, result.keras_model = tuned, trained
     result.report.update(extra)
     return result
-
-
-def prune_and_finetune(
-    model: Any,
-    train_data: DataLike,
-    data: DataLike,
-    *,
-    method: str = "ocnna",
-    k: float = 40.0,
-    epsilon: float | None = None,
-    eval_data: DataLike | None = None,
-    epochs: int = 1,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    optimizer: str = "adam",
-    seed: int = 0,
-    **options: Any,
-) -> KerasPruneResult:
-    """One call for ``onnxprune ocnna|odf2nna MODEL.keras ... --finetune --framework keras``."""
-    common = {"eval_data": eval_data, "batch_size": batch_size, **options}
-    if method == "ocnna":
-        result = ocnna(model, k, data, seed=seed, **common)
-    elif method == "odf2nna":
-        if epsilon is None:
-            raise ParameterError("odf2nna needs epsilon")
-        result = odf2nna(model, epsilon, data, **common)
-    else:
-        raise ParameterError(f"method must be 'ocnna' or 'odf2nna', got {method!r}")
-    settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer}
-    return finetune_result(result, train_data, eval_data, seed=seed, **settings)

@@ -116,8 +116,8 @@ def odf2nna_from_dataset(
 ) -> DatasetResult:
     """Algorithm 1: train the starting MLP on ``train``, then prune and refine it for each
     epsilon; every figure in the report is measured on ``test``."""
-    from ..finetune.round_trip import carry_metadata
     from ..mlp import export_mlp, train_mlp
+    from ..report import carry_metadata
     from ..tabular import detect_task, split_dataset
 
     epsilons = [check_epsilon(e) for e in np.atleast_1d(np.asarray(epsilon, dtype=object))]
