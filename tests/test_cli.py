@@ -2,46 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from builders import check
-from click.testing import CliRunner
+from cli_runs import SAMPLES, invoke, mnist_workdir, sha
 
 from onnxprune.cli import main
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 MODEL = SAMPLES / "mnist_cnn.onnx"
 DVAR = SAMPLES / "mnist_dvar.npz"
 TEST = SAMPLES / "mnist_test.npz"
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture
-def workdir(tmp_path):
-    model = tmp_path / "model.onnx"
-    shutil.copy(MODEL, model)
-    data = np.load(DVAR)
-    np.savez(tmp_path / "dvar.npz", x=data["x"][:64], y=data["y"][:64])
-    test = np.load(TEST)
-    np.savez(tmp_path / "test.npz", x=test["x"][:256], y=test["y"][:256])
-    return tmp_path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def workdir(tmp_path: Path) -> Path:
+    return mnist_workdir(tmp_path, dvar=64, test=256)
 
 
 def test_ocnna_writes_model_and_report_and_leaves_input_untouched(workdir):
-    before = _sha(workdir / "model.onnx")
+    before = sha(workdir / "model.onnx")
     result = invoke(
         "ocnna",
         workdir / "model.onnx",
@@ -55,7 +38,7 @@ def test_ocnna_writes_model_and_report_and_leaves_input_untouched(workdir):
         workdir / "r.json",
     )
     assert result.exit_code == 0, result.output
-    assert _sha(workdir / "model.onnx") == before
+    assert sha(workdir / "model.onnx") == before
     out = workdir / "model.ocnna-k40.onnx"
     pruned = onnx.load(str(out))
     check(pruned)
@@ -95,7 +78,7 @@ def test_same_inputs_give_byte_identical_models(workdir):
             "--quiet",
         )
         assert result.exit_code == 0
-    assert _sha(workdir / "a.onnx") == _sha(workdir / "b.onnx")
+    assert sha(workdir / "a.onnx") == sha(workdir / "b.onnx")
 
 
 def _bad_inputs(workdir: Path) -> dict[str, tuple[list, str]]:
@@ -169,7 +152,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_gives_one_line_and_no_output(workdir, case):
     args, needle = _bad_inputs(workdir)[case]
-    model_hash = _sha(workdir / "model.onnx")
+    model_hash = sha(workdir / "model.onnx")
     files_before = {p.name for p in workdir.iterdir()}
     result = invoke(*args)
     assert result.exit_code not in (0, 1), result.output
@@ -178,7 +161,7 @@ def test_bad_input_gives_one_line_and_no_output(workdir, case):
     assert needle in lines[0]
     assert "Traceback" not in result.output
     assert {p.name for p in workdir.iterdir()} == files_before
-    assert _sha(workdir / "model.onnx") == model_hash
+    assert sha(workdir / "model.onnx") == model_hash
     assert (workdir / "exists.onnx").read_bytes() == b"keep me"
 
 

@@ -10,25 +10,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_runs import invoke, mnist_workdir
 
 import onnxprune.io
 from onnxprune import __version__
-from onnxprune.cli import main
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 EXIT = {"option": 2, "model": 3, "data": 4, "output": 5}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -42,12 +35,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    shutil.copy(SAMPLES / "mnist_cnn.onnx", tmp_path / "model.onnx")
-    dvar = np.load(SAMPLES / "mnist_dvar.npz")
-    np.savez(tmp_path / "dvar.npz", x=dvar["x"][:48], y=dvar["y"][:48])
-    test = np.load(SAMPLES / "mnist_test.npz")
-    np.savez(tmp_path / "test.npz", x=test["x"][:64], y=test["y"][:64])
-    return tmp_path
+    return mnist_workdir(tmp_path, dvar=48, test=64)
 
 
 def unwritable_dir(tmp_path: Path) -> Path:

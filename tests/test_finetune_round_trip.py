@@ -6,7 +6,6 @@ fine-tuned model is checked by onnx.checker and run in onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -17,12 +16,11 @@ import onnx
 import pytest
 import torch
 from builders import check
-from click.testing import CliRunner
+from cli_runs import invoke, sha
 from onnx import TensorProto, helper, numpy_helper
 from paths import SHARED_DATA
 
 import onnxprune
-from onnxprune.cli import main
 from onnxprune.errors import ParameterError
 from onnxprune.finetune.round_trip import _train_data, finetune
 from onnxprune.io import input_specs, load_data
@@ -98,14 +96,6 @@ def mlp_model(features: int, outputs: int, opset: int, softmax: bool, seed: int 
 
 def batch_dim(value: onnx.ValueInfoProto) -> onnx.TensorShapeProto.Dimension:
     return value.type.tensor_type.shape.dim[0]
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 # ----------------------------------------------------------------------------- API

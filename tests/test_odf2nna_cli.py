@@ -3,7 +3,6 @@ observation pass for all epsilons, and one clear line per bad input."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,25 +10,16 @@ import numpy as np
 import onnx
 import pytest
 from builders import check, run
-from click.testing import CliRunner
+from cli_runs import invoke, sha
 from dense_forms import build_dense, layer_units, sample
 from paths import SHARED_DATA
 
 import onnxprune
 import onnxprune.methods.odf2nna as odf2nna_method
-from onnxprune.cli import main
 from onnxprune.cli.odf2nna import parse_sweep
 from onnxprune.errors import ParameterError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -55,7 +45,7 @@ def workdir(tmp_path):
 
 
 def test_prune_trained_model_writes_model_and_report(workdir):
-    before = _sha(workdir / "mlp.onnx")
+    before = sha(workdir / "mlp.onnx")
     result = invoke(
         "odf2nna",
         workdir / "mlp.onnx",
@@ -70,7 +60,7 @@ def test_prune_trained_model_writes_model_and_report(workdir):
         "-q",
     )
     assert result.exit_code == 0, result.output
-    assert _sha(workdir / "mlp.onnx") == before
+    assert sha(workdir / "mlp.onnx") == before
     pruned = onnx.load(str(workdir / "mlp.odf2nna-e0.1.onnx"))
     check(pruned)
     assert layer_units(pruned) == [7, 3]  # the constant unit gone, layer 2 bridged away
@@ -280,7 +270,7 @@ def _counted_observations(monkeypatch) -> list[int]:
 def test_sweep_odf2nna_observes_once_and_gives_the_models_of_single_runs(workdir, monkeypatch):
     calls = _counted_observations(monkeypatch)
     model = workdir / "mlp.onnx"
-    before = _sha(model)
+    before = sha(model)
     epsilons = ["0", "0.002", "0.05", "1"]
     data = ["--data", workdir / "eval.npz", "--eval", workdir / "test.npz"]
     out = workdir / "out"
@@ -298,7 +288,7 @@ def test_sweep_odf2nna_observes_once_and_gives_the_models_of_single_runs(workdir
     )
     assert result.exit_code == 0, result.output
     assert len(calls) == 1
-    assert _sha(model) == before
+    assert sha(model) == before
     table = json.loads((out / "mlp.odf2nna-sweep.json").read_text())
     assert table["method"] == "odf2nna" and table["metric"] == "accuracy"
     assert table["parameter"] == "epsilon" and table["x_scale"] == "log"

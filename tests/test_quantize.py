@@ -3,42 +3,24 @@ byte-identical outputs for the same inputs and seed (users diff them in their CI
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from builders import check
-from click.testing import CliRunner
+from cli_runs import SAMPLES, invoke, mnist_workdir, sha
 
 import onnxprune
-from onnxprune.cli import main
 from onnxprune.metrics import count_macs, count_params, evaluate
 from onnxprune.quantize import add_int8, quantize_int8
 from onnxprune.verify import run
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    shutil.copy(SAMPLES / "mnist_cnn.onnx", tmp_path / "model.onnx")
-    dvar = np.load(SAMPLES / "mnist_dvar.npz")
-    np.savez(tmp_path / "dvar.npz", x=dvar["x"][:128], y=dvar["y"][:128])
-    test = np.load(SAMPLES / "mnist_test.npz")
-    np.savez(tmp_path / "test.npz", x=test["x"][:500], y=test["y"][:500])
-    return tmp_path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return mnist_workdir(tmp_path, dvar=128, test=500)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +94,7 @@ def test_add_int8_reports_original_pruned_and_int8(pruned_mnist):
 
 def test_ocnna_quantize_writes_both_models_and_is_byte_identical(workdir):
     model = workdir / "model.onnx"
-    before = _sha(model)
+    before = sha(model)
     outputs = []
     for name in ("a", "b"):
         result = invoke(
@@ -139,9 +121,9 @@ def test_ocnna_quantize_writes_both_models_and_is_byte_identical(workdir):
         assert result.exit_code == 0, result.output
         assert result.output == ""  # --quiet: nothing but errors
         outputs.append((workdir / f"{name}.onnx", workdir / f"{name}.int8.onnx"))
-    assert _sha(model) == before
+    assert sha(model) == before
     (a, a8), (b, b8) = outputs
-    assert _sha(a) == _sha(b) and _sha(a8) == _sha(b8)
+    assert sha(a) == sha(b) and sha(a8) == sha(b8)
     for path in (a, a8):
         check(onnx.load(str(path)))
     report = json.loads((workdir / "a.json").read_text())
@@ -168,12 +150,12 @@ def test_ocnna_quantize_writes_both_models_and_is_byte_identical(workdir):
         "--quiet",
     )
     assert other_seed.exit_code == 0
-    assert _sha(workdir / "c.onnx") != _sha(a)  # the seed does matter
+    assert sha(workdir / "c.onnx") != sha(a)  # the seed does matter
 
 
 def test_quantize_command(workdir):
     model = workdir / "model.onnx"
-    before = _sha(model)
+    before = sha(model)
     result = invoke(
         "quantize",
         model,
@@ -185,7 +167,7 @@ def test_quantize_command(workdir):
         workdir / "q.json",
     )
     assert result.exit_code == 0, result.output
-    assert _sha(model) == before
+    assert sha(model) == before
     quantized = onnx.load(str(workdir / "model.int8.onnx"))
     check(quantized)
     report = json.loads((workdir / "q.json").read_text())
@@ -198,7 +180,7 @@ def test_quantize_command(workdir):
     assert "artifacts" in result.output  # the rich table on the terminal
     again = invoke("quantize", model, "--data", workdir / "dvar.npz", "-o", workdir / "b.onnx")
     assert again.exit_code == 0
-    assert _sha(workdir / "b.onnx") == _sha(workdir / "model.int8.onnx")
+    assert sha(workdir / "b.onnx") == sha(workdir / "model.int8.onnx")
 
 
 @pytest.mark.parametrize(

@@ -3,45 +3,25 @@ table and plot people can read (`sweep odf2nna`: tests/test_odf2nna_cli.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from builders import check
-from click.testing import CliRunner
+from cli_runs import invoke, mnist_workdir, sha
 
 import onnxprune
 import onnxprune.methods.ocnna as ocnna_method
-from onnxprune.cli import main
 from onnxprune.select import check_epsilon
 from onnxprune.sweep import parse_values, sweep_ocnna
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    shutil.copy(SAMPLES / "mnist_cnn.onnx", tmp_path / "model.onnx")
-    dvar = np.load(SAMPLES / "mnist_dvar.npz")
-    np.savez(tmp_path / "dvar.npz", x=dvar["x"][:64], y=dvar["y"][:64])
-    test = np.load(SAMPLES / "mnist_test.npz")
-    np.savez(tmp_path / "test.npz", x=test["x"][:300], y=test["y"][:300])
-    train = np.load(SAMPLES / "mnist_train.npz")
-    np.savez(tmp_path / "train.npz", x=train["x"][:512], y=train["y"][:512])
-    return tmp_path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return mnist_workdir(tmp_path, dvar=64, test=300, train=512)
 
 
 def test_one_scoring_pass_gives_the_models_of_single_runs(workdir, monkeypatch):
@@ -73,7 +53,7 @@ def test_one_scoring_pass_gives_the_models_of_single_runs(workdir, monkeypatch):
 
 def test_sweep_command_writes_table_and_plot(workdir):
     model = workdir / "model.onnx"
-    before = _sha(model)
+    before = sha(model)
     result = invoke(
         "sweep",
         "ocnna",
@@ -87,7 +67,7 @@ def test_sweep_command_writes_table_and_plot(workdir):
         "--save-models",
     )
     assert result.exit_code == 0, result.output
-    assert _sha(model) == before
+    assert sha(model) == before
     table = json.loads((workdir / "model.ocnna-sweep.json").read_text())
     assert table["parameter"] == "k" and [r["k"] for r in table["rows"]] == [10, 30, 60]
     rprs = [r["rpr"] for r in table["rows"]]
