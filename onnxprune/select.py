@@ -77,7 +77,9 @@ def keep_nonempty(
     masks: dict[int, np.ndarray],
     scores: dict[int, np.ndarray],
 ) -> None:
-    """Split/Slice outputs must keep a channel: restore the best one where none is left.
+    """Make selected masks realisable, after any selection: Split/Slice outputs must keep
+    a channel (restore the best one where none is left), and the blocks of a grouped conv
+    must keep equally many (``balance_blocks``).
 
     Channels of groups without a mask are all kept, so only sets lying entirely in
     masked groups can end up empty.
