@@ -137,11 +137,19 @@ def task_of(labels: np.ndarray) -> str:
 
 
 def evaluate(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> dict[str, float]:
-    """Top-1 accuracy (integer labels) or MSE (float targets) of the first output."""
+    """Top-1 accuracy (integer labels) or MSE (float targets) of the first output.
+
+    A first output of one integer per sample is taken as the predicted labels themselves
+    (scikit-learn classifiers converted by skl2onnx, graphs ending in ArgMax).
+    """
     outputs = predict(model, dataset, batch_size)
     labels = np.asarray(dataset.labels)
     if task_of(labels) == "classification":
-        predicted = outputs.reshape(len(outputs), -1).argmax(axis=1)
+        scores = outputs.reshape(len(outputs), -1)
+        if np.issubdtype(outputs.dtype, np.integer) and scores.shape[1] == 1:
+            predicted = scores[:, 0]
+        else:
+            predicted = scores.argmax(axis=1)
         return {"accuracy": float((predicted == labels.reshape(-1)).mean())}
     error = outputs.reshape(labels.shape) - labels
     return {"mse": float(np.mean(np.square(error, dtype=np.float64)))}

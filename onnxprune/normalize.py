@@ -3,7 +3,8 @@
 Exporters differ in ways that do not change what a model computes but do change what the
 channel analysis sees: weights produced by Constant/ConstantOfShape nodes, initializers
 listed as graph inputs (IR < 4), Identity/Dropout nodes routing shared initializers, old
-opsets with attribute-style Split/Slice/Squeeze. Normalising once keeps every rule simple.
+opsets with attribute-style Split/Slice/Squeeze, Reshape targets computed only to carry
+the batch size. Normalising once keeps every rule simple.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 
+from .batch_shapes import fold_batch_shapes
 from .errors import ModelError
+from .graph.export import export_like, quiet_graphsurgeon
 
 MIN_OPSET = 13
 PASS_THROUGH_NOOPS = {"Identity", "Dropout"}
@@ -85,22 +88,18 @@ def remove_noops(graph: gs.Graph) -> None:
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants, drop initializer inputs, bypass no-ops, upgrade opset, infer shapes."""
+    """Fold constants and batch-only shapes, drop initializer inputs, bypass no-ops,
+    upgrade opset, infer shapes."""
     model = upgrade_opset(model)
     drop_initializer_inputs(model)
+    fold_batch_shapes(model)
     try:
-        graph = gs.import_onnx(model)
-        graph.fold_constants(error_ok=True)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        remove_noops(graph)
-        graph.toposort()
-        normalized = gs.export_onnx(graph, do_type_check=False)
+        with quiet_graphsurgeon():
+            graph = gs.import_onnx(model)
+            graph.fold_constants(error_ok=True)
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            remove_noops(graph)
+            graph.toposort()
+        return export_like(graph, model)
     except Exception as exc:
         raise ModelError(f"cannot normalise the model graph: {exc}") from exc
-    normalized.ir_version = max(model.ir_version, 4)
-    del normalized.metadata_props[:]
-    normalized.metadata_props.extend(model.metadata_props)
-    try:
-        return onnx.shape_inference.infer_shapes(normalized, data_prop=True)
-    except Exception:
-        return normalized

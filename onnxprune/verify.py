@@ -41,7 +41,17 @@ def verify(pruned: onnx.ModelProto, original: onnx.ModelProto, feed: dict[str, n
         raise VerificationError(f"pruned model does not run in onnxruntime: {exc}") from exc
     expected = run(original, feed)
     for name, value in expected.items():
-        if got[name].shape != value.shape:
+        if _structure(got[name]) != _structure(value):
             raise VerificationError(
-                f"output '{name}' changed shape: {value.shape} -> {got[name].shape}"
+                f"output '{name}' changed shape: {_structure(value)} -> {_structure(got[name])}"
             )
+
+
+def _structure(value) -> tuple:
+    """A tensor's shape; for a sequence (of maps, as scikit-learn's ZipMap makes) its
+    length and each element's keys or shape."""
+    if isinstance(value, np.ndarray):
+        return value.shape
+    if isinstance(value, dict):
+        return tuple(sorted(value))
+    return (len(value), *(_structure(item) for item in value[:1]))

@@ -26,6 +26,7 @@ from ..blas import one_blas_thread
 from ..io import Dataset
 from ..normal_equations import NormalEquations
 from ..observe import session_with_outputs
+from .export import export_like
 from .rules.base import constant
 
 DENSE_OPS = ("Gemm", "MatMul")
@@ -176,14 +177,7 @@ def splice(model: onnx.ModelProto, site: BridgeSite, fit: BridgeFit) -> onnx.Mod
         )
     )
     graph.cleanup().toposort()
-    bridged = gs.export_onnx(graph, do_type_check=False)
-    bridged.ir_version = model.ir_version
-    del bridged.metadata_props[:]
-    bridged.metadata_props.extend(model.metadata_props)
-    try:
-        return onnx.shape_inference.infer_shapes(bridged, data_prop=True)
-    except Exception:
-        return bridged
+    return export_like(graph, model)
 
 
 def bridge_all(

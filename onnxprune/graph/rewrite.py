@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .channel_graph import ChannelGraph
+from .export import export_like
 from .groups import ChannelGroup
 from .rules import rule_for
 
@@ -105,10 +106,4 @@ def rewrite(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         if isinstance(tensor, gs.Variable) and id(tensor) not in boundary:
             tensor.shape = None
     graph.cleanup().toposort()
-    pruned = gs.export_onnx(graph, do_type_check=False)
-    pruned.ir_version = model.ir_version
-    pruned.metadata_props.extend(model.metadata_props)
-    try:
-        return onnx.shape_inference.infer_shapes(pruned, data_prop=True)
-    except Exception:
-        return pruned
+    return export_like(graph, model)

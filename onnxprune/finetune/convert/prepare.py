@@ -62,20 +62,19 @@ def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
     from onnx_graphsurgeon.logger import G_LOGGER
 
-    severity = G_LOGGER.severity
-    G_LOGGER.severity = G_LOGGER.CRITICAL
+    from ...graph.export import quiet_graphsurgeon
+
     try:
         try:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:  # shape info only helps folding; its absence is not an error
             pass
-        graph = gs.import_onnx(model)
-        graph.fold_constants().cleanup().toposort()
-        folded = gs.export_onnx(graph)
+        with quiet_graphsurgeon(G_LOGGER.CRITICAL):
+            graph = gs.import_onnx(model)
+            graph.fold_constants().cleanup().toposort()
+            folded = gs.export_onnx(graph)
     except Exception:
         return model
-    finally:
-        G_LOGGER.severity = severity
     del folded.graph.value_info[:]
     return folded
 
