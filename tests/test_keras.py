@@ -1,7 +1,8 @@
-"""Keras models converted by tf2onnx (NHWC input, Transposes around convs, BN folded,
-Flatten as Transpose + Reshape, Dense as MatMul + Add): every k gives a valid model and
-dead channels prune exactly. Needs tensorflow + tf2onnx (skipped cleanly without them;
-run in /work/venv-tf). tests/test_nhwc.py covers the same pattern without TensorFlow."""
+"""Keras models converted by tf2onnx through ``onnxprune.keras.model_to_onnx`` (NHWC input,
+Transposes around convs, BN folded on Keras 2 or Mul + Add on Keras 3, Flatten as
+Transpose + Reshape with a constant shape, Dense as MatMul + Add): every k gives a valid
+model and dead channels prune exactly. Needs tensorflow + tf2onnx (skipped cleanly without
+them; Keras 2 or 3). tests/test_nhwc.py covers the same pattern without TensorFlow."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from keras_weights import randomize
 
 import onnxprune
 from onnxprune.analyze import analyze
+from onnxprune.keras import model_to_onnx
 from onnxprune.pipeline import apply_masks
 from onnxprune.verify import run, verify
 
@@ -54,11 +56,10 @@ def converted(request):
     tf.keras.utils.set_random_seed(0)
     model, shape = {"cnn": keras_cnn, "mlp": keras_mlp}[request.param]()
     randomize(model, seed=1)
-    name = model.inputs[0].name.split(":")[0]
-    spec = (tf.TensorSpec((None, *shape), tf.float32, name=name),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
+    proto = model_to_onnx(model)
+    assert proto.producer_name == "tf2onnx"
     data = np.random.default_rng(2).standard_normal((6, *shape)).astype(np.float32)
-    return proto, proto.graph.input[0].name, data, model(data).numpy()
+    return proto, proto.graph.input[0].name, data, np.asarray(model(data))
 
 
 def test_tf2onnx_export_matches_keras(converted):

@@ -2,8 +2,12 @@
 fine-tuned in Keras, ONNX out. The rebuilt Keras model must reproduce the pruned ONNX
 model's outputs: that proves the pruning plan was applied to the Keras model identically.
 
-Needs tensorflow + tf2onnx (run in /work/venv-tf): every test using a Keras model skips
-cleanly without them (the fixtures skip). The error tests run everywhere: without
+Runs on Keras 2 (TensorFlow <= 2.15) and Keras 3 (TensorFlow 2.16+). On Keras 3 the
+"savedmodel" format is ``model.export``: an inference-only SavedModel that converts and
+prunes but holds no Keras model to rebuild (Keras 3 loads no SavedModel as a model).
+
+Needs tensorflow + tf2onnx (pip install -e ".[keras]"): every test using a Keras model
+skips cleanly without them (the fixtures skip). The error tests run everywhere: without
 TensorFlow a Keras MODEL must still end in one line saying how to install it."""
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from conftest import import_error, importorskip_any
 from keras_weights import randomize
 from paths import SHARED_DATA
 
+import onnxprune
 from onnxprune import keras as okeras  # imports TensorFlow only when used
 from onnxprune.cli import main
 from onnxprune.errors import ModelError
@@ -30,6 +35,7 @@ from onnxprune.verify import run
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HAS_TF = import_error("tensorflow") is None and import_error("tf2onnx") is None
 tf = importlib.import_module("tensorflow") if HAS_TF else None
+KERAS3 = HAS_TF and str(getattr(tf.keras, "__version__", "2")).startswith("3")
 MNIST = SHARED_DATA / "mnist.npz"
 FORMATS = ("keras", "h5", "savedmodel")
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no {MNIST}")
@@ -75,11 +81,24 @@ def keras_mlp():
 
 def save(model, folder, fmt: str):
     path = folder / {"keras": "model.keras", "h5": "model.h5", "savedmodel": "saved"}[fmt]
-    if fmt == "savedmodel":
+    if fmt == "savedmodel" and KERAS3:
+        model.export(str(path))  # Keras 3's SavedModel: serving signature, no Keras model
+    elif fmt == "savedmodel":
         model.save(str(path), save_format="tf")
     else:
         model.save(str(path))
     return path
+
+
+def has_keras_model(fmt: str) -> bool:
+    """Whether this Keras reads the saved format back as a Keras model."""
+    return not (KERAS3 and fmt == "savedmodel")
+
+
+def kernel_shape(layer) -> tuple:
+    """A kernel's shape: Keras 2 names a depthwise one ``depthwise_kernel``, Keras 3 not."""
+    kernel = getattr(layer, "depthwise_kernel", None)
+    return tuple((layer.kernel if kernel is None else kernel).shape)
 
 
 def sha(path) -> str:
@@ -140,17 +159,24 @@ def test_conversion_keeps_keras_names_outputs_and_a_dynamic_batch(cnn, fmt):
     proto, loaded = okeras.keras_to_onnx(paths[fmt])
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["image"]
-    assert [o.name for o in proto.graph.output] == ["probs"]
+    # model.export names its one output "output_0": the Keras layer names are not in it
+    output = "probs" if has_keras_model(fmt) else "output_0"
+    assert [o.name for o in proto.graph.output] == [output]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert max(e.version for e in proto.opset_import if e.domain in ("", "ai.onnx")) >= 13
-    got = run(proto, {"image": data})["probs"]
-    np.testing.assert_allclose(got, model(data).numpy(), rtol=1e-4, atol=1e-5)
-    assert loaded is not None and sha(paths[fmt]) == before
+    got = run(proto, {"image": data})[output]
+    np.testing.assert_allclose(got, np.asarray(model(data)), rtol=1e-4, atol=1e-5)
+    assert (loaded is not None) == has_keras_model(fmt) and sha(paths[fmt]) == before
+    # Flatten's target shape is a constant (Keras 3 computes it from the batch size)
+    reshapes = [n for n in proto.graph.node if n.op_type == "Reshape"]
+    constants = {init.name for init in proto.graph.initializer}
+    assert reshapes and all(n.input[1] in constants for n in reshapes)
+    assert not any(n.op_type == "Shape" for n in proto.graph.node)
 
 
-def test_keras3_route_from_function_gives_the_same_model(cnn, monkeypatch):
-    """Keras 3 models go through tf2onnx.convert.from_function; exercised here on Keras 2
-    by making from_keras fail the way it does on Keras 3."""
+def test_from_function_route_gives_the_same_model(cnn, monkeypatch):
+    """When tf2onnx.convert.from_keras fails (Keras 3 models it cannot read), the model
+    goes through tf2onnx.convert.from_function: forced here by making from_keras fail."""
     import tf2onnx
 
     model, _, data = cnn
@@ -163,19 +189,28 @@ def test_keras3_route_from_function_gives_the_same_model(cnn, monkeypatch):
     assert [i.name for i in proto.graph.input] == ["image"]
     assert [o.name for o in proto.graph.output] == ["probs"]
     got = run(proto, {"image": data})["probs"]
-    np.testing.assert_allclose(got, model(data).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, np.asarray(model(data)), rtol=1e-4, atol=1e-5)
+    result = okeras.ocnna(model, k=40, data=data, batch_size=16)
+    assert result.keras_model.get_layer("c3").filters == kept(6)
+    assert_same_outputs(result.keras_model, result.model, {"image": data})
 
 
 def test_savedmodel_without_keras_metadata_prunes_but_has_no_keras_route(cnn, tmp_path):
     model, _, data = cnn
     tf.saved_model.save(model, str(tmp_path / "raw"))
     proto, loaded = okeras.keras_to_onnx(tmp_path / "raw")
-    assert loaded is None and [i.name for i in proto.graph.input] == ["image"]
+    (name,) = [i.name for i in proto.graph.input]
+    assert loaded is None and name == ("inputs" if KERAS3 else "image")  # the signature's
+    (output,) = [o.name for o in proto.graph.output]
     np.testing.assert_allclose(
-        run(proto, {"image": data})["probs"], model(data).numpy(), rtol=1e-4, atol=1e-5
+        run(proto, {name: data})[output], np.asarray(model(data)), rtol=1e-4, atol=1e-5
     )
-    with pytest.raises(ModelError, match="--framework torch"):
+    with pytest.raises(ModelError, match="--framework torch") as info:
         okeras.ocnna(tmp_path / "raw", k=40, data=data)
+    assert "\n" not in str(info.value)
+    pruned, _ = onnxprune.ocnna(proto, k=40, data=data, batch_size=16)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert run(pruned, {name: data})[output].shape == (len(data), 10)
 
 
 # ----------------------------------------------------------------------- rebuild
@@ -184,13 +219,18 @@ def test_savedmodel_without_keras_metadata_prunes_but_has_no_keras_route(cnn, tm
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_ocnna_rebuilds_the_keras_cnn_with_the_plan_applied_identically(cnn, fmt):
     model, paths, data = cnn
+    if not has_keras_model(fmt):  # Keras 3 SavedModel: one line pointing to the torch route
+        with pytest.raises(ModelError, match="--framework torch") as info:
+            okeras.ocnna(paths[fmt], k=40, data=data, batch_size=16)
+        assert "\n" not in str(info.value)
+        return
     result = okeras.ocnna(paths[fmt], k=40, data=data, batch_size=16)
     small = result.keras_model
     coupled = kept(8)  # c1 and c2 meet in the residual Add: one group of 8
     assert small.get_layer("c1").filters == coupled
     assert small.get_layer("c2").filters == coupled
     assert small.get_layer("c3").filters == kept(6)
-    assert small.get_layer("dw").depthwise_kernel.shape == (3, 3, coupled, 1)
+    assert kernel_shape(small.get_layer("dw")) == (3, 3, coupled, 1)
     assert small.get_layer("bn1").gamma.shape == (coupled,)
     positions = 7 * 7  # after two 2x2 poolings; Flatten rows are position-major
     assert small.get_layer("d1").kernel.shape == (positions * (kept(6) + coupled), kept(16))
@@ -201,6 +241,7 @@ def test_ocnna_rebuilds_the_keras_cnn_with_the_plan_applied_identically(cnn, fmt
     beta = small.get_layer("bn_c2").beta.numpy()
     assert not np.isin(beta, model.get_layer("bn_c2").beta.numpy()).all()
     assert small.get_layer("c2").bias is None
+    onnx.checker.check_model(result.model, full_check=True)
     assert_same_outputs(small, result.model, {"image": data})
     assert result.report["model"] == str(paths[fmt])
 
@@ -239,6 +280,39 @@ def test_a_layer_without_channel_rule_on_a_pruned_path_is_named(mlp):
     data = mlp[2]
     with pytest.raises(ModelError, match=r"Keras layer 'slopes' \(PReLU\)") as info:
         okeras.ocnna(model, k=40, data=data)
+    assert "\n" not in str(info.value)
+
+
+def test_unnamed_input_and_bn_without_scale_or_center(mlp):
+    """Keras 3 names an unnamed Input's tensor and layer apart (only the layer name survives
+    the rebuild) and keeps a node per symbolic call: the model's own nodes must be used."""
+    layers = tf.keras.layers
+    image = layers.Input((12, 12, 3))
+    x = layers.Conv2D(8, 3, use_bias=False, name="a")(image)
+    x = layers.ReLU()(layers.BatchNormalization(scale=False, center=False, name="bn_a")(x))
+    x = layers.Conv2D(8, 3, use_bias=False, name="b")(x)
+    x = layers.ReLU()(layers.BatchNormalization(center=False, name="bn_b")(x))
+    model = tf.keras.Model(image, layers.Dense(4, name="out")(layers.GlobalMaxPooling2D()(x)))
+    if KERAS3:  # another symbolic call: every layer gains a node outside this model
+        model(layers.Input((12, 12, 3)))
+    randomize(model, seed=6)
+    data = np.random.default_rng(7).random((32, 12, 12, 3)).astype(np.float32)
+    result = okeras.ocnna(model, k=40, data=data, batch_size=16)
+    assert result.keras_model.get_layer("a").filters == kept(8)
+    assert result.keras_model.get_layer("b").filters == kept(8)
+    assert result.keras_model.get_layer("bn_b").moving_mean.shape == (kept(8),)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(result.keras_model, result.model, {result.model.graph.input[0].name: data})
+
+
+def test_a_shared_layer_is_refused_in_one_line(mlp):
+    layers = tf.keras.layers
+    features = layers.Input((20,), name="features")
+    twice = layers.Dense(20, activation="relu", name="twice")
+    model = tf.keras.Model(features, layers.Dense(3, name="out")(twice(twice(features))))
+    randomize(model, seed=8)
+    with pytest.raises(ModelError, match=r"'twice' is called .*\(shared layers") as info:
+        okeras.ocnna(model, k=40, data=mlp[2])
     assert "\n" not in str(info.value)
 
 
@@ -311,14 +385,41 @@ def test_cli_ocnna_keras_end_to_end(cnn, folder, tmp_path, fmt):
         "--finetune", files["train"], "--framework", "keras", "--epochs", 1,
         "--batch-size", 32, "-o", out, "--report", report,
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
     assert sha(paths[fmt]) == before
+    if not has_keras_model(fmt):  # Keras 3 SavedModel: no Keras model to fine-tune
+        assert result.exit_code == 3, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert "holds no Keras model" in line and "--framework torch" in line
+        assert not out.exists() and not report.exists()
+        return
+    assert result.exit_code == 0, result.output
     tuned = onnx.load(str(out))
     onnx.checker.check_model(tuned, full_check=True)
     assert [i.name for i in tuned.graph.input] == ["image"]
     written = json.loads(report.read_text())
     assert written["finetune"]["framework"] == "keras"
     assert "accuracy_finetuned" in written
+
+
+@needs_mnist
+def test_cli_keras_model_with_the_pytorch_finetune(cnn, folder, tmp_path):
+    importorskip_any("torch")
+    _, paths, _ = cnn
+    files = mnist_files(folder)
+    out, report = tmp_path / "torch.onnx", tmp_path / "torch.json"
+    result = invoke(
+        "ocnna", paths["keras"], "--k", 40, "--data", files["dvar"], "--eval", files["test"],
+        "--finetune", files["train"], "--epochs", 1, "--batch-size", 32, "-o", out,
+        "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tuned = onnx.load(str(out))
+    onnx.checker.check_model(tuned, full_check=True)
+    assert [i.name for i in tuned.graph.input] == ["image"]
+    assert [o.name for o in tuned.graph.output] == ["probs"]
+    written = json.loads(report.read_text())
+    assert written["finetune"].get("framework", "torch") == "torch"
+    assert 0.0 <= written["accuracy_finetuned"] <= 1.0
 
 
 def test_cli_odf2nna_keras_and_plain_pruning_of_an_h5(mlp, cnn, tmp_path):

@@ -1,10 +1,22 @@
 """Keras -> ONNX with tf2onnx: read a .keras / .h5 file or a SavedModel directory.
 
 TensorFlow is imported here only, and only when a Keras model is given (the ``keras``
-extra), so ONNX users never pay for it. tf2onnx's ``from_keras`` handles Keras 2; it fails
-on Keras 3, whose models go through ``from_function`` on a tf.function with the model's
-input signature. The ONNX model keeps the Keras input/output names and a dynamic batch
-axis, so data files name inputs the way the Keras model does.
+extra), so ONNX users never pay for it. tf2onnx's ``from_keras`` handles Keras 2 and, in
+tf2onnx 1.17, Keras 3 functional models; when it fails (a Keras 3 Sequential: KeyError on
+its output tensor name), the model goes through ``from_function`` on a tf.function with
+the model's input signature. The ONNX model keeps the Keras
+input/output names and a dynamic batch axis, so data files name inputs the way the Keras
+model does.
+
+Keras 3 (TensorFlow 2.16+) traces Flatten / Reshape as ``Reshape(x, [shape(x)[0], ...])``:
+the target shape is computed from the tensor's shape, which would freeze every channel
+that reaches it. Such shapes are folded into constants with ``-1`` for the batch axis
+(``fold_batch_shapes``) when the model has static non-batch input dimensions.
+
+Keras 3 reads ``.keras`` and legacy ``.h5`` files; it cannot load a SavedModel directory
+as a Keras model (neither one written by Keras 2's ``model.save`` nor Keras 3's
+``model.export``): those are converted through their serving signature and prune, but
+have no Keras model to rebuild (the PyTorch fine-tune still applies).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from typing import Any
 
 import onnx
 
+from ..batch_shapes import fold_batch_shapes
 from ..errors import ModelError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -88,14 +101,36 @@ def keras_to_onnx(path: str | os.PathLike) -> tuple[onnx.ModelProto, Any]:
 
 
 def input_names(model: Any) -> list[str]:
-    return [tensor.name.split(":")[0] for tensor in model.inputs]
+    """The names of the model's InputLayers (Keras 3 calls an unnamed ``Input()``'s tensor
+    ``keras_tensor_N`` but its layer ``input_layer_N``, and only the layer name survives
+    a save or a rebuild from config); in Keras 2 the two are the same."""
+    names = []
+    for tensor in model.inputs:
+        history = getattr(tensor, "_keras_history", None)
+        layer = None if history is None else history[0]
+        if layer is not None and type(layer).__name__ == "InputLayer" and layer.name:
+            names.append(layer.name)
+        else:
+            names.append(tensor.name.split(":")[0])
+    return names
 
 
 def output_names(model: Any) -> list[str]:
+    """Keras ``output_names``, else the name of the layer that makes each output (a Keras 3
+    Sequential has no ``output_names`` and its tensors are called ``keras_tensor_N``)."""
     names = getattr(model, "output_names", None)
     if names and len(names) == len(model.outputs):
         return list(names)
-    return [tensor.name.split(":")[0].split("/")[0] for tensor in model.outputs]
+    names = []
+    for tensor in model.outputs:
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None and getattr(history[0], "name", None):
+            names.append(history[0].name)
+        else:
+            names.append(tensor.name.split(":")[0].split("/")[0])
+    if len(set(names)) != len(names):  # one layer with several outputs
+        names = [f"{name}_{index}" for index, name in enumerate(names)]
+    return names
 
 
 def input_signature(model: Any) -> tuple:
@@ -138,6 +173,7 @@ def model_to_onnx(
                 raise ModelError(
                     f"tf2onnx cannot convert the Keras model: {type(exc).__name__}: {first}"
                 ) from exc
+    fold_batch_shapes(proto)
     inputs, outputs = names or (input_names(model), output_names(model))
     rename_interface(proto, inputs, outputs)
     return proto
@@ -166,6 +202,7 @@ def _saved_model_to_onnx(path: Path, opset: int = OPSET) -> onnx.ModelProto:
         raise ModelError(
             f"cannot convert {path} to ONNX: not a usable SavedModel ({type(exc).__name__})"
         ) from exc
+    fold_batch_shapes(proto)
     outputs = (
         sorted(serving.structured_outputs) if isinstance(serving.structured_outputs, dict) else []
     )

@@ -81,7 +81,9 @@ def _training_data(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> 
     specs = [tf.TensorSpec((None, *s.shape[1:]), tf.as_dtype(s.dtype)) for s in dataset.specs]
     y_spec = tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype))
     x_spec = specs[0] if len(specs) == 1 else tuple(specs)
-    return tf.data.Dataset.from_generator(batches, output_signature=(x_spec, y_spec))
+    steps = -(-len(order) // batch_size)  # a known length: Keras 3 warns at the end otherwise
+    data = tf.data.Dataset.from_generator(batches, output_signature=(x_spec, y_spec))
+    return data.apply(tf.data.experimental.assert_cardinality(steps))
 
 
 def _measure(model: Any, dataset: Dataset, task: str, loss: Any) -> tuple[float, float]:
@@ -102,6 +104,21 @@ def _measure(model: Any, dataset: Dataset, task: str, loss: Any) -> tuple[float,
             error = out.reshape(y.shape).astype(np.float64) - y
             metric_sum += float(np.square(error).mean()) * len(index)
     return metric_sum / len(dataset), loss_sum / len(dataset)
+
+
+def _reseed(model: Any, seed: int) -> None:
+    """Keras 3 layers draw random numbers (Dropout, GaussianNoise, ...) from a seed state
+    they pick when they are built: set each one from ``seed`` so a seeded fine-tune repeats
+    whenever the model was made. (Keras 2's random ops follow the global seed instead.)"""
+    states = [
+        v
+        for v in getattr(model, "variables", [])
+        if str(getattr(v, "name", "")).split("/")[-1].split(":")[0] == "seed_generator_state"
+    ]
+    for index, state in enumerate(states):
+        start = int(np.random.default_rng([seed, index]).integers(1, 10**9))
+        dtype = getattr(state.dtype, "as_numpy_dtype", state.dtype)
+        state.assign(np.asarray([start, 0], dtype=np.dtype(dtype)))
 
 
 def _better(score: float, loss: float, best: float, best_loss: float, higher: bool) -> bool:
@@ -147,6 +164,7 @@ def finetune_keras(
     }
     tf.keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+    _reseed(model, seed)
     loss = _loss(model, task, labels)
     if optimizer == "adam":
         opt = tf.keras.optimizers.Adam(learning_rate=lr)
@@ -167,7 +185,8 @@ def finetune_keras(
     best_epoch, best_weights = 0, None
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
-        fitted = model.fit(_training_data(train_set, batch_size, seed, epoch), epochs=1, verbose=0)
+        batches = _training_data(train_set, batch_size, seed, epoch)  # shuffled by seed
+        fitted = model.fit(batches, epochs=1, verbose=0, shuffle=False)
         train_loss = float(fitted.history["loss"][-1])
         value = eval_loss = None
         if eval_set is not None:

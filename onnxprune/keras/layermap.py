@@ -44,9 +44,18 @@ def numpy(variable: Any) -> np.ndarray:
     return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
 
 
+def kernel_variable(layer: Any) -> Any:
+    """The kernel weight: ``depthwise_kernel`` of a Keras 2 DepthwiseConv2D, else ``kernel``
+    (Keras 3 names the depthwise one ``kernel`` too)."""
+    if class_name(layer) == "DepthwiseConv2D":
+        kernel = getattr(layer, "depthwise_kernel", None)
+        if kernel is not None:
+            return kernel
+    return layer.kernel
+
+
 def kernel_of(layer: Any) -> np.ndarray:
-    kernel = layer.depthwise_kernel if class_name(layer) == "DepthwiseConv2D" else layer.kernel
-    return numpy(kernel)
+    return numpy(kernel_variable(layer))
 
 
 def bias_of(layer: Any, size: int) -> np.ndarray:

@@ -23,16 +23,18 @@ from ..errors import ModelError
 from ..graph.rewrite import Plan
 from ..verify import run
 from .channels import KerasGraph, input_mask, keras_graph, propagate
-from .convert import input_names
 from .layermap import (
     ONNX_OPS,
     Match,
     allclose,
     bias_of,
+    bn_scale,
     class_name,
     effective_bias,
+    folded_bn,
     from_onnx,
     kernel_of,
+    kernel_variable,
     match_layers,
     out_axis,
     scaled,
@@ -139,15 +141,28 @@ class Rebuild:
             effective_bias(pruned_node, int(keep_out.sum())) - effective_bias(node, full)[keep_out]
         )
         bias = bias_of(layer, full)[keep_out].astype(np.float64)
-        values = {"depthwise_kernel" if kind == "DepthwiseConv2D" else "kernel": kernel}
-        if match.bn is not None:
+        values = {short_name(kernel_variable(layer)): kernel}
+        after = None if getattr(layer, "bias", None) is not None else self._bn_after(layer)
+        if match.bn is not None:  # folded: the ONNX bias is the BN's output offset
             self.beta_shift[match.bn.name] = shift
+        elif after is not None:  # no bias of its own, BN kept apart (Keras 3): shift its beta
+            self.beta_shift[after.name] = shift * bn_scale(after)[keep_out]
         else:
             bias = bias + shift
         if getattr(layer, "bias", None) is not None or np.any(bias != 0):
             values["bias"] = bias.astype(kernel.dtype)
             self.configs.setdefault(layer.name, {})["use_bias"] = True
         self.weights[layer.name] = values
+
+    def _bn_after(self, layer: Any) -> Any | None:
+        """The BatchNormalization that alone reads this linear layer on the channel axis."""
+        bn = folded_bn(layer, self.graph.consumers)
+        if bn is None:
+            return None
+        rank = len(self.graph.input_shape(bn))
+        axis = bn.get_config().get("axis", -1)
+        axes = axis if isinstance(axis, list | tuple) else [axis]
+        return bn if len(axes) == 1 and axes[0] % rank == rank - 1 else None
 
     def _batch_norm(self, layer: Any) -> None:
         mask = self.masks[layer.name]
@@ -202,8 +217,9 @@ def rebuild(
     return new
 
 
-def keras_outputs(model: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    inputs = [feed[name] for name in input_names(model)]
+def keras_outputs(model: Any, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    """The Keras model's outputs; ``names`` are the ONNX inputs, in Keras input order."""
+    inputs = [feed[name] for name in names]
     outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
     outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
     return [np.asarray(o) for o in outputs]
@@ -212,7 +228,9 @@ def keras_outputs(model: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def check_equal(model: Any, reference: onnx.ModelProto, feed: dict[str, np.ndarray]) -> None:
     """The Keras model must compute what the ONNX model computes (to TOLERANCE)."""
     expected = list(run(reference, feed).values())
-    got = keras_outputs(model, feed)
+    initializers = {init.name for init in reference.graph.initializer}
+    names = [v.name for v in reference.graph.input if v.name not in initializers]
+    got = keras_outputs(model, feed, names)
     for want, have in zip(expected, got):
         scale = max(1.0, float(np.abs(want).max()))
         error = float(np.abs(have.reshape(want.shape) - want).max()) / scale

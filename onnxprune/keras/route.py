@@ -50,8 +50,9 @@ def keras_source(model: Any) -> tuple[onnx.ModelProto, Any, Any]:
         proto, keras_model = keras_to_onnx(path)
         if keras_model is None:
             raise ModelError(
-                f"{path} holds no Keras model (a SavedModel from tf.saved_model.save or "
-                "model.export): fine-tune it with --framework torch"
+                f"{path} holds no Keras model this Keras can load (a SavedModel from "
+                "tf.saved_model.save or model.export; Keras 3 loads no SavedModel: save a "
+                ".keras file): fine-tune it with --framework torch"
             )
         return proto, keras_model, model
     if isinstance(model, onnx.ModelProto):
