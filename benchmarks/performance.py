@@ -3,9 +3,11 @@
 Every ratio is measured side by side in the same run (interleaved, median of repeats),
 because the machine is shared and absolute times drift. Each section rewrites its own
 generated block of docs/performance.md (prose outside the blocks is kept), so sections
-can be rerun one at a time. Needs torchvision (and Pillow for the image folder):
+can be rerun one at a time. Needs torchvision (and Pillow for the image folder), except
+the workers section, which needs only torch:
 
     /work/venv-zoo/bin/python benchmarks/performance.py [--sections ratio,floor,...]
+    /work/venv/bin/python benchmarks/performance.py --sections workers
 """
 
 from __future__ import annotations
@@ -379,26 +381,86 @@ def section_bigdata(args) -> list[str]:
     return rows
 
 
+def resnet18_cifar() -> Path:
+    """ResNet-18 laid out as torchvision's (BasicBlocks 2-2-2-2, 64-512 wide) with a 3x3
+    stem for 32x32 inputs, random weights: plain torch, so the workers section runs
+    without torchvision. Exported once (legacy exporter, BN folded as in deployed ONNX)."""
+    path = CACHE / "resnet18-cifar.onnx"
+    if path.exists():
+        return path
+    import torch
+    from torch import nn
+
+    def conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(cin, cout, stride), nn.ReLU(), *conv_bn(cout, cout))
+            same = stride == 1 and cin == cout
+            self.skip = nn.Identity() if same else nn.Sequential(*conv_bn(cin, cout, stride, 1))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [*conv_bn(3, 64), nn.ReLU()]
+    for cin, cout, stride in [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]:
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
+    model = nn.Sequential(*layers).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )
+    return path
+
+
+def ocnna_run(model: str, data: str, workers: int, options: list[str]) -> tuple[float, float]:
+    """(wall seconds, scoring-stage seconds) of `onnxprune ocnna --workers W` in a fresh
+    process: start-up, load, analysis, scoring, recovery, verification and writing."""
+    out = CACHE / "workers-out.onnx"
+    cmd = [sys.executable, "-m", "onnxprune", "ocnna", model, "--k", "40", "--data", data]
+    cmd += ["--workers", str(workers), "-o", str(out), "--report", str(out.with_suffix(".json"))]
+    start = time.perf_counter()
+    subprocess.run([*cmd, *options, "--force", "--quiet"], check=True)
+    wall = time.perf_counter() - start
+    return wall, json.loads(out.with_suffix(".json").read_text())["timings"]["score_s"]
+
+
 def section_workers(args) -> list[str]:
-    """One process (threaded pipeline) vs two processes on half the data each; process
-    start, model load and analysis are included, as `--workers 2` would pay them."""
-    n = args.samples[0]
-    whole = np.load(gaussian(n, 32), mmap_mode="r")
-    halves = [
-        write_npy(CACHE / f"gauss-{n}x32-{i}of2.npy", whole[i * n // 2 :][: n // 2]) for i in (0, 1)
+    """`onnxprune ocnna --workers 1` and `--workers 2` end to end, interleaved, median of
+    repeats; the scoring stage (the only part --workers splits) from the report."""
+    mnist = REPO / "samples"
+    cases = [
+        ("MNIST sample CNN", mnist / "mnist_cnn.onnx", mnist / "mnist_dvar.npz", []),
+        ("ResNet-18 32x32 (random weights)", resnet18_cifar(), gaussian(args.samples[0], 32), []),
     ]
-    path = str(export_torchvision("resnet18", input_size=32))
-    spec = {"path": path, "data": str(gaussian(n, 32))}
-    times = [
-        (timed(run_children, spec), timed(run_children, *[dict(spec, data=str(h)) for h in halves]))
-        for _ in range(args.repeats)
+    rows = [
+        "| model | D_var N | options | --workers | wall time (s) | scoring stage (s) "
+        "| wall / --workers 1 | scoring / --workers 1 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    one, two = np.median(np.array(times), axis=0)
-    return [
-        "| resnet18 32x32, N | 1 process, threaded pipeline (s) | 2 processes x N/2 (s) | 2 / 1 |",
-        "|---:|---:|---:|---:|",
-        row(n, f"{one:.1f}", f"{two:.1f}", f"{np.median([b / a for a, b in times]):.2f}"),
-    ]  # fmt: skip
+    for name, model, data, options in cases:
+        n = len(np.load(data, mmap_mode="r")) if str(data).endswith(".npy") else 500
+        runs = {w: [] for w in (1, 2)}
+        for _ in range(args.repeats):
+            for workers in runs:
+                runs[workers].append(ocnna_run(str(model), str(data), workers, options))
+        wall = {w: np.median([r[0] for r in rs]) for w, rs in runs.items()}
+        scoring = {w: np.median([r[1] for r in rs]) for w, rs in runs.items()}
+        for w in runs:
+            ratios = f"{wall[w] / wall[1]:.2f}", f"{scoring[w] / scoring[1]:.2f}"
+            timings = f"{wall[w]:.1f}", f"{scoring[w]:.1f}"
+            rows.append(row(name, n, " ".join(options) or "defaults", w, *timings, *ratios))
+    return rows
 
 
 def write_section(name: str, rows: list[str]) -> None:

@@ -33,6 +33,17 @@ IN_FLIGHT = 2
 SELF_CHECK_TOLERANCE = {"CPUExecutionProvider": 1e-3, "CUDAExecutionProvider": 1e-2}
 
 
+#: Threads this process may use (onnxruntime intra-op and scoring lanes); None: one per
+#: core. A shard worker gets its share of the cores (shards.py), so workers do not
+#: each start a pool per core and oversubscribe the machine.
+_thread_limit: dict[str, int | None] = {"threads": None}
+
+
+def limit_threads(threads: int | None) -> None:
+    """Cap this process's onnxruntime and scoring threads (None: one per core)."""
+    _thread_limit["threads"] = threads
+
+
 def providers_for(device: str) -> list[str]:
     """onnxruntime providers for ``device``; says so once when CUDA is not available."""
     if device == "cuda":
@@ -70,6 +81,8 @@ def session_with_outputs(
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.log_severity_level = 3
+    if _thread_limit["threads"] is not None:
+        options.intra_op_num_threads = _thread_limit["threads"]
     if not spin:  # idle onnxruntime threads would busy-wait on the cores scoring needs
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
@@ -203,6 +216,8 @@ def _feed_sinks(sinks: Sinks, names: Sequence[str], values: Sequence[np.ndarray]
 
 def scoring_threads() -> int:
     """Threads that score while onnxruntime runs: one per core this process may use."""
+    if _thread_limit["threads"] is not None:
+        return _thread_limit["threads"]
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux

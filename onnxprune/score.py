@@ -13,6 +13,7 @@ from .importance.ocnna import for_run
 from .importance.odf2nna import MomentsAccumulator
 from .io import Dataset
 from .observe import observe
+from .shards import check_workers, observe_sharded
 
 COMPENSATING_CONSUMERS = ("Conv", "Gemm", "MatMul")
 
@@ -41,11 +42,14 @@ def score_sources(
     device: str = "cpu",
     compensate: bool = False,
     memory_budget: float | None = None,
+    workers: int = 1,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(source name -> per-channel scores, consumer input -> per-position means).
 
-    ``memory_budget`` (MB) splits observation into passes over truncated graphs.
+    ``memory_budget`` (MB) splits observation into passes over truncated graphs;
+    ``workers`` > 1 splits D_var over that many processes (shards.py: same results).
     """
+    check_workers(workers, device)
     sources = [source for group in groups for source in group.sources]
     samples = 0 if dataset is None else len(dataset)
     criterion = for_run(criterion, device, samples, sum(s.size for s in sources))
@@ -62,15 +66,13 @@ def score_sources(
         for name, axis in consumer_inputs(analysis, groups).items():
             moments[name] = MomentsAccumulator(analysis.cg.layouts[name].size)
             sinks.setdefault(name, (axis, []))[1].append(moments[name])
-    observe(
-        analysis.model,
-        dataset,
-        sinks,
-        batch_size,
-        device,
-        description=f"scoring {len(sources)} layers ({criterion.name})",
-        memory_budget=memory_budget,
-    )
+    description = f"scoring {len(sources)} layers ({criterion.name})"
+    if workers > 1 and dataset is not None:
+        observe_sharded(
+            analysis.model, dataset, sinks, batch_size, workers, description, memory_budget
+        )
+    else:
+        observe(analysis.model, dataset, sinks, batch_size, device, description, memory_budget)
     if criterion.needs_activations:
         scores = {name: accumulator.scores() for name, accumulator in accumulators.items()}
     else:

@@ -194,12 +194,14 @@ def sweep_ocnna(
     lr: float = 1e-3,
     quantize: bool = False,
     keep_models: bool = False,
+    workers: int = 1,
 ) -> SweepResult:
     """OCNNA at every k in ``ks``: one scoring pass, then select / rewrite / verify / evaluate.
 
     With ``finetune_data`` every pruned model is also fine-tuned (``epochs``, ``lr``), with
     ``quantize`` also quantized to INT8 (calibrated on ``data``); the quality of each goes
-    in the table. ``keep_models`` returns the (fine-tuned) float model of every k.
+    in the table. ``keep_models`` returns the (fine-tuned) float model of every k;
+    ``workers`` > 1 scores in that many processes (as ``onnxprune.ocnna``).
     """
     ks = sorted({check_k(k) for k in ks})
     if not ks:
@@ -218,6 +220,7 @@ def sweep_ocnna(
         device=device,
         seed=seed,
         compensate=compensate,
+        workers=workers,
     )
     if reconstruct is None:  # as prune_scored decides it
         reconstruct = scored.dataset is not None

@@ -137,8 +137,17 @@ ocnna_options = options(
         help="Refit the layers that lost inputs by least squares on D_var to match the "
         "original (--no-reconstruct --no-compensate: OCNNA exactly as the paper).",
     ),
+    click.option(
+        "--workers",
+        type=int,
+        default=1,
+        show_default=True,
+        metavar="N",
+        help="Score D_var in N local processes (CPU), each on a contiguous shard; the "
+        "results are identical to one process. Pays off on many cores.",
+    ),
 )
-"""OCNNA's selection and recovery settings, the same for one k and for a sweep."""
+"""OCNNA's selection, recovery and scoring settings, the same for one k and for a sweep."""
 
 
 #: Fine-tune settings only the PyTorch route has, at their neutral values.

@@ -86,6 +86,7 @@ def ocnna(
     round_to,
     compensate,
     reconstruct,
+    workers,
     finetune_data,
     epochs,
     lr,
@@ -129,6 +130,7 @@ def ocnna(
         compensate=compensate,
         reconstruct=reconstruct,
         memory_budget=memory_budget,
+        workers=workers,
     )
     if finetune_data is not None and not finetune_pruned(
         result,

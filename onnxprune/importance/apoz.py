@@ -31,6 +31,11 @@ class NonZeroAccumulator(ChannelAccumulator):
         self._nonzero += np.count_nonzero(x, axis=(0, 2))
         self.count += n * x.shape[2]
 
+    def merge(self, other: NonZeroAccumulator) -> None:
+        """Add another shard's counts: integers, so exact in any order."""
+        self._nonzero += other._nonzero
+        self.count += other.count
+
     @property
     def apoz(self) -> np.ndarray:
         """Average percentage of zeros per channel, as a fraction in [0, 1]."""

@@ -287,7 +287,8 @@ class OCNNAAccumulator(ChannelAccumulator):
         self.chunk_size = chunk_size
         self.device = device
         self._parts: list[np.ndarray] = []
-        self._moments = None if keep_frobenius else MomentsAccumulator(num_channels)
+        # None while F is kept; a shard worker swaps in a log of its chunks (shards.py)
+        self.moments = None if keep_frobenius else MomentsAccumulator(num_channels)
 
     def update(self, activation: np.ndarray) -> None:
         activation = np.asarray(activation)
@@ -305,16 +306,16 @@ class OCNNAAccumulator(ChannelAccumulator):
         f = np.asarray(frobenius, dtype=np.float64)
         if f.ndim != 2 or f.shape[1] != self.num_channels:
             raise ValueError(f"expected F of shape (N, {self.num_channels}), got {f.shape}")
-        if self._moments is not None:
+        if self.moments is not None:
             if len(f):
-                self._moments.update(f)
+                self.moments.update(f)
             return
         self._parts.append(f)
 
     @property
     def frobenius(self) -> np.ndarray:
         """The (N, C) matrix of F seen so far, in update order."""
-        if self._moments is not None:
+        if self.moments is not None:
             raise ValueError("this accumulator streams F into moments (keep_frobenius=False)")
         if len(self._parts) != 1:
             parts = self._parts or [np.empty((0, self.num_channels))]
@@ -322,11 +323,11 @@ class OCNNAAccumulator(ChannelAccumulator):
         return self._parts[0]
 
     def scores(self) -> np.ndarray:
-        if self._moments is None:
+        if self.moments is None:
             return coefficient_of_variation(self.frobenius)
-        if self._moments.count == 0:
+        if self.moments.count == 0:
             raise DataError("OCNNA needs at least one observed sample per channel")
-        mean, std = self._moments.mean, self._moments.std
+        mean, std = self.moments.mean, self.moments.std
         return np.divide(std, mean, out=np.zeros_like(mean), where=mean > 0)
 
 

@@ -18,6 +18,24 @@ from onnxprune.importance.base import ChannelAccumulator, Importance
 CHUNK_ELEMENTS = 4 * 2**20
 
 
+def chunk_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, M2) per channel of one (N, C, positions) chunk, in float64."""
+    nb = x.shape[0] * x.shape[2]
+    # Deviations from the first value, then from their mean: the same M2, but a
+    # constant unit gets exactly std 0 and its exact value as mean, so epsilon = 0
+    # removes it and folding its mean into the next bias is exact.
+    ref = x[0, :, 0].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported below
+        dev = np.subtract(x, ref[None, :, None], dtype=np.float64)
+        shift = dev.mean(axis=(0, 2))
+        dev -= shift[None, :, None]
+        mean_b = ref + shift
+        m2_b = np.einsum("ncp,ncp->c", dev, dev)
+    if not (np.isfinite(mean_b).all() and np.isfinite(m2_b).all()):
+        raise DataError("activations contain NaN or infinity; cannot score units")
+    return nb, mean_b, m2_b
+
+
 class MomentsAccumulator(ChannelAccumulator):
     """Streaming per-channel count, mean and sum of squared deviations (M2)."""
 
@@ -40,23 +58,11 @@ class MomentsAccumulator(ChannelAccumulator):
         # Whole samples per chunk so the float64 deviations never exceed CHUNK_ELEMENTS.
         step = max(1, CHUNK_ELEMENTS // (c * x.shape[2]))
         for start in range(0, n, step):
-            self._merge(x[start : start + step])
+            self.combine(*chunk_moments(x[start : start + step]))
 
-    def _merge(self, x: np.ndarray) -> None:
-        """Chan et al.: combine this chunk's (count, mean, M2) with the running ones."""
-        nb = x.shape[0] * x.shape[2]
-        # Deviations from the first value, then from their mean: the same M2, but a
-        # constant unit gets exactly std 0 and its exact value as mean, so epsilon = 0
-        # removes it and folding its mean into the next bias is exact.
-        ref = x[0, :, 0].astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf are reported below
-            dev = np.subtract(x, ref[None, :, None], dtype=np.float64)
-            shift = dev.mean(axis=(0, 2))
-            dev -= shift[None, :, None]
-            mean_b = ref + shift
-            m2_b = np.einsum("ncp,ncp->c", dev, dev)
-        if not (np.isfinite(mean_b).all() and np.isfinite(m2_b).all()):
-            raise DataError("activations contain NaN or infinity; cannot score units")
+    def combine(self, nb: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        """Chan et al.: fold one chunk's (count, mean, M2) into the running ones. A shard
+        worker's chunks replayed here in order give the single-process state bit for bit."""
         total = self.count + nb
         delta = mean_b - self._mean
         self._mean += delta * (nb / total)

@@ -32,6 +32,7 @@ from ..recovery import recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_k, group_scores, keep_nonempty, percentile_mask
+from ..shards import check_workers, workers_for
 from ..verify import verify
 
 
@@ -78,6 +79,7 @@ def ocnna(
     compensate: bool = True,
     reconstruct: bool | None = None,
     memory_budget: float | None = None,
+    workers: int = 1,
 ) -> PruneResult:
     """Prune ``model`` with OCNNA (or a baseline criterion) at percentile ``k``.
 
@@ -89,6 +91,8 @@ def ocnna(
     outputs on D_var; ``reconstruct=False`` with ``compensate=False`` is OCNNA exactly as
     the paper defines it (weights only sliced). ``memory_budget`` (MB)
     caps the activations observation holds at once (passes over truncated graphs).
+    ``workers`` > 1 scores D_var in that many spawned processes (identical results; a
+    script calling this needs the usual ``if __name__ == "__main__":`` guard).
     """
     k = check_k(k)
     if round_to < 1:
@@ -104,6 +108,7 @@ def ocnna(
         seed=seed,
         compensate=compensate,
         memory_budget=memory_budget,
+        workers=workers,
     )
     return prune_scored(scored, k, round_to, reconstruct=reconstruct)
 
@@ -120,10 +125,12 @@ def score_model(
     seed: int = 0,
     compensate: bool = True,
     memory_budget: float | None = None,
+    workers: int = 1,
 ) -> Scored:
     """Load, analyze and score every prunable channel once (the part independent of k)."""
     if batch_size < 1:
         raise ParameterError(f"batch size must be at least 1, got {batch_size}")
+    check_workers(workers, device)
     importance = (
         get_criterion(criterion, seed=seed) if criterion == "random" else get_criterion(criterion)
     )
@@ -145,16 +152,26 @@ def score_model(
 
     start = time.perf_counter()
     source_scores, means = score_sources(
-        analysis, groups, importance, dataset, batch_size, device, compensate, memory_budget
+        analysis,
+        groups,
+        importance,
+        dataset,
+        batch_size,
+        device,
+        compensate,
+        memory_budget,
+        workers,
     )
     timings["score_s"] = time.perf_counter() - start
     scores = {g.index: group_scores(g, source_scores) for g in groups}
+    observed = importance.needs_activations or compensate
     settings = {
         "criterion": criterion,
         "convs_only": convs_only,
         "compensate": compensate,
         "batch_size": batch_size,
         "device": device,
+        "workers": workers_for(dataset, batch_size, workers) if observed else 1,
     }
     return Scored(model, analysis, dataset, eval_set, groups, scores, means, settings, timings)
 
@@ -215,6 +232,7 @@ def prune_scored(
         after = evaluate(pruned, scored.eval_set, settings["batch_size"])
         report.update({f"{m}_after": v for m, v in after.items()})
     report["samples"] = 0 if scored.dataset is None else len(scored.dataset)
+    report["workers"] = settings.get("workers", 1)  # processes that scored D_var
     report["timings"] = timings
     stamp_provenance(pruned, report, model)
     return PruneResult(pruned, report, masks)
