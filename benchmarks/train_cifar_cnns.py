@@ -7,6 +7,7 @@ shared CIFAR-10 subset (10,000 training / 2,000 test images), plus an MLP on Spa
   of 128 + the 10-way output: the kind of model the issue measured;
 - ``cifar_resnet``: a ResNet-style net: stem conv, three basic residual blocks (16, 32, 64
   channels; 1x1 projection shortcuts when the shape changes), global average pool, linear;
+- ``cifar_resnet20``: He et al.'s CIFAR ResNet-20 (three stages of three basic blocks);
 - ``spambase_mlp``: 57 -> 64 -> 32 -> 2 with ReLU, on a stratified 80/20 split.
 
 Inputs are raw values (CIFAR: pixels 0..255 as float32; Spambase: the raw features);
@@ -131,6 +132,23 @@ def cifar_resnet() -> nn.Module:
     )
 
 
+def cifar_resnet20() -> nn.Module:
+    """He et al.'s CIFAR ResNet-20: three stages of three basic blocks (16, 32, 64)."""
+    blocks, c_in = [], 16
+    for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(3):
+            blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1))
+            c_in = c_out
+    return nn.Sequential(
+        Normalize(MEAN, STD, 1 / 255),
+        conv_bn(3, 16),
+        *blocks,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+
+
 def spambase_mlp(x_train: np.ndarray) -> nn.Module:
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std[std == 0] = 1.0
@@ -240,6 +258,7 @@ def _onnx_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> floa
 RECIPES = {
     "cifar_cnn": (cifar, lambda data: cifar_cnn(), 3e-3, True),
     "cifar_resnet": (cifar, lambda data: cifar_resnet(), 3e-3, True),
+    "cifar_resnet20": (cifar, lambda data: cifar_resnet20(), 3e-3, True),
     "spambase_mlp": (spambase, lambda data: spambase_mlp(data["X_train"]), 3e-3, False),
 }
 
