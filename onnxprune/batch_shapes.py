@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .io import InputSpec, input_specs
+
 #: Two batch sizes whose shapes are compared: an entry equal to the batch size both times
 #: is the batch; every other entry must not move.
 PROBE_BATCHES = (2, 3)
@@ -56,29 +58,16 @@ def fold_batch_shapes(model: onnx.ModelProto) -> int:
     return folded
 
 
-def _batch_only_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int, ...], type]] | None:
-    """(name, non-batch dims, numpy dtype) per graph input, or None unless each input's
-    only dynamic axis is its first."""
-    initializers = {init.name for init in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        if not tensor.HasField("shape") or not tensor.shape.dim:
+def _batch_only_inputs(model: onnx.ModelProto) -> list[InputSpec] | None:
+    """The model's inputs, or None unless each one's only dynamic axis is its first."""
+    specs = input_specs(model)
+    for spec in specs:
+        if not spec.shape or spec.shape[0] is not None or None in spec.shape[1:]:
             return None
-        dims = tensor.shape.dim
-        if dims[0].HasField("dim_value") or any(not d.HasField("dim_value") for d in dims[1:]):
-            return None
-        try:
-            dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        except (KeyError, ValueError):
-            return None
-        specs.append((value.name, tuple(d.dim_value for d in dims[1:]), dtype))
     return specs or None
 
 
-def _probe(model: onnx.ModelProto, specs, wanted: list[str]) -> list[dict] | None:
+def _probe(model: onnx.ModelProto, specs: list[InputSpec], wanted: list[str]) -> list[dict] | None:
     """The values of ``wanted`` for zero inputs at each of PROBE_BATCHES, or None."""
     import onnxruntime as ort
 
@@ -99,7 +88,7 @@ def _probe(model: onnx.ModelProto, specs, wanted: list[str]) -> list[dict] | Non
         )
         values = []
         for batch in PROBE_BATCHES:
-            feed = {name: np.zeros((batch, *dims), dtype) for name, dims, dtype in specs}
+            feed = {s.name: np.zeros((batch, *s.shape[1:]), s.dtype) for s in specs}
             values.append(dict(zip(wanted, session.run(wanted, feed))))
     except Exception:  # noqa: BLE001 - a model that cannot be probed is left as it is
         return None
