@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from .graph.shapes import probe_shapes
 from .io import Dataset
+from .labels import resolve_labels
 from .observe import predict
 
 FLOAT_TYPES = {
@@ -132,24 +133,19 @@ def measure(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, fl
     }
 
 
-def task_of(labels: np.ndarray) -> str:
-    return "classification" if np.issubdtype(labels.dtype, np.integer) else "regression"
-
-
 def evaluate(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> dict[str, float]:
-    """Top-1 accuracy (integer labels) or MSE (float targets) of the first output.
+    """Top-1 accuracy (class labels, see labels.py) or MSE (float targets) of the first
+    output.
 
     A first output of one integer per sample is taken as the predicted labels themselves
     (scikit-learn classifiers converted by skl2onnx, graphs ending in ArgMax).
     """
     outputs = predict(model, dataset, batch_size)
-    labels = np.asarray(dataset.labels)
-    if task_of(labels) == "classification":
-        scores = outputs.reshape(len(outputs), -1)
-        if np.issubdtype(outputs.dtype, np.integer) and scores.shape[1] == 1:
-            predicted = scores[:, 0]
-        else:
-            predicted = scores.argmax(axis=1)
+    scores = outputs.reshape(len(outputs), -1)
+    label_output = np.issubdtype(outputs.dtype, np.integer) and scores.shape[1] == 1
+    task, labels = resolve_labels(dataset.labels, None if label_output else scores.shape[1])
+    if task == "classification":
+        predicted = scores[:, 0] if label_output else scores.argmax(axis=1)
         return {"accuracy": float((predicted == labels.reshape(-1)).mean())}
-    error = outputs.reshape(labels.shape) - labels
+    error = scores - labels.reshape(scores.shape)
     return {"mse": float(np.mean(np.square(error, dtype=np.float64)))}

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
 from ..errors import DataError, ParameterError
 
-Task = Literal["classification", "regression"]
 TASKS = ("classification", "regression")
 
 

@@ -28,7 +28,8 @@ from torch import nn
 from .. import progress
 from ..errors import ParameterError
 from ..io import DataLike, Dataset, input_specs, load_data, load_model
-from ..metrics import count_params, evaluate, task_of
+from ..labels import labelled_for
+from ..metrics import count_params, evaluate
 from ..pipeline import PruneResult
 from ..report import carry_metadata
 from ..verify import verify
@@ -143,7 +144,9 @@ def finetune(
     specs = input_specs(original)
     train_set = load_data(train_data, specs, require_labels=True)
     eval_set = None if eval_data is None else load_data(eval_data, specs, require_labels=True)
-    task = task_of(np.asarray(train_set.labels))
+    task, train_set = labelled_for(original, train_set)
+    if eval_set is not None:
+        eval_set = labelled_for(original, eval_set)[1]
     settings = {
         "epochs": epochs,
         "lr": lr,

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import DataError, ParameterError
-from .data import Task, TrainData, to_tensors, validate
+from ..labels import Task
+from .data import TrainData, to_tensors, validate
 
 EVAL_BATCH_SIZE = 1024
 _PROB_FLOOR = 1e-12

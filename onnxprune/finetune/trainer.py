@@ -32,8 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..labels import Task
 from ..progress import info, track
-from .data import TASKS, Task, TrainData, batches, epoch_order, to_tensors, validate
+from .data import TASKS, TrainData, batches, epoch_order, to_tensors, validate
 from .distributed import all_reduce_sums, init_distributed, is_main_process
 from .optim import (
     OPTIMIZERS,

@@ -20,7 +20,8 @@ import onnx
 from .. import progress
 from ..errors import DataError, ParameterError
 from ..io import DataLike, Dataset, input_specs, load_data
-from ..metrics import count_params, evaluate, task_of
+from ..labels import labelled_for
+from ..metrics import count_params, evaluate
 from ..report import carry_metadata
 from ..verify import verify
 from .convert import model_to_onnx, tensorflow
@@ -150,8 +151,10 @@ def finetune_keras(
     specs = input_specs(reference)
     train_set = load_data(train_data, specs, require_labels=True)
     eval_set = None if eval_data is None else load_data(eval_data, specs, require_labels=True)
+    task, train_set = labelled_for(reference, train_set)
+    if eval_set is not None:
+        eval_set = labelled_for(reference, eval_set)[1]
     labels = np.asarray(train_set.labels)
-    task = task_of(labels)
     settings = {
         "framework": "keras",
         "tensorflow": tf.__version__,

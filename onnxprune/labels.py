@@ -1,0 +1,74 @@
+"""What a data file's ``y`` means for a model: class indices or regression targets.
+
+Integer labels are classes. Users also bring classes in two other forms: one-hot rows
+(Keras' ``to_categorical``) and whole numbers stored as floats (a pandas column, MATLAB
+exports). Both are read as classes when the model's first output has one column per
+class; any other float labels are regression targets, which must then have as many
+values per sample as the output.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from .errors import DataError
+from .io import Dataset
+from .observe import predict
+
+Task = Literal["classification", "regression"]
+
+
+def is_one_hot(labels: np.ndarray) -> bool:
+    """Rows of zeros with exactly one 1, at least two columns."""
+    if labels.ndim != 2 or labels.shape[1] < 2 or not np.issubdtype(labels.dtype, np.number):
+        return False
+    return bool(np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all())
+
+
+def resolve_labels(labels: np.ndarray, width: int | None) -> tuple[Task, np.ndarray]:
+    """(task, labels) for a model whose first output has ``width`` values per sample
+    (None: unknown); class labels come back as int64 indices."""
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.integer) and not is_one_hot(labels):
+        return "classification", labels
+    if is_one_hot(labels) and width in (None, labels.shape[1]):
+        return "classification", labels.argmax(axis=1).astype(np.int64)
+    flat = labels.reshape(len(labels), -1)
+    if (
+        width is not None
+        and width > 1
+        and flat.shape[1] == 1
+        and np.issubdtype(labels.dtype, np.floating)
+        and np.all(np.mod(flat, 1) == 0)
+        and flat.min() >= 0
+        and flat.max() < width
+    ):
+        return "classification", flat[:, 0].astype(np.int64)
+    if width is not None and flat.shape[1] != width:
+        raise DataError(
+            f"labels 'y' have {flat.shape[1]} value(s) per sample but the model's first "
+            f"output has {width}: give class indices (int64), one-hot rows, or one target "
+            "per output value"
+        )
+    return "regression", labels
+
+
+def output_width(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> int:
+    """Values per sample in ``model``'s first output, from one run on ``dataset``."""
+    first = dataset.subset(dataset.batch_size(1))
+    outputs = predict(model, first, batch_size)
+    return int(np.prod(outputs.shape[1:], dtype=np.int64))
+
+
+def labelled_for(model: onnx.ModelProto, dataset: Dataset) -> tuple[Task, Dataset]:
+    """``dataset``'s task for ``model``, with class labels as int64 indices."""
+    task, labels = resolve_labels(np.asarray(dataset.labels), output_width(model, dataset))
+    if labels is dataset.labels:
+        return task, dataset
+    resolved = copy.copy(dataset)
+    resolved.labels = labels
+    return task, resolved
