@@ -110,9 +110,27 @@ def zeros_feed(analysis: Analysis) -> dict[str, np.ndarray]:
     return probe_feed(analysis.specs, None)
 
 
+#: Ops of an already quantized model: its layers read DequantizeLinear outputs or are
+#: integer ops, neither of which has float weights to slice.
+QUANTIZED_OPS = {
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+}
+
+
 def frozen_hint(analysis: Analysis) -> str:
+    """Why nothing can be pruned, said in the user's terms."""
     reasons = sorted({g.frozen_reason for g in analysis.groups if g.frozen_reason})
     if not analysis.groups:
+        if any(node.op_type in QUANTIZED_OPS for node in analysis.model.graph.node):
+            return (
+                " (it is already quantized: prune the float model, then quantize, e.g. "
+                "with --quantize int8)"
+            )
         return " (it has no Conv, Gemm or MatMul layer)"
     return f" (frozen: {reasons[0]})" if reasons else " (every group has a single channel)"
 

@@ -196,6 +196,18 @@ def test_model_without_conv_layer(workdir, built_model):
     )
 
 
+@pytest.mark.parametrize("command", ["ocnna", "odf2nna"])
+def test_already_quantized_model_says_to_prune_first(workdir, command):
+    """An INT8 (QDQ) model has Conv/Gemm nodes but no float weights to slice."""
+    quantized = workdir / "int8.onnx"
+    assert invoke("quantize", workdir / "model.onnx", "--data", workdir / "dvar.npz",
+                  "-o", quantized, "--quiet").exit_code == 0  # fmt: skip
+    args = [command, quantized, "--data", workdir / "dvar.npz"]
+    if command == "odf2nna":
+        args += ["--epsilon", "0.05"]
+    expect_failure(workdir, args, 3, "already quantized", late=True)
+
+
 @pytest.mark.parametrize("command", ["ocnna", "quantize", "sweep"])
 def test_output_directory_not_writable(workdir, command):
     target = unwritable_dir(workdir)
