@@ -17,6 +17,7 @@ import importlib
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import onnx
@@ -29,7 +30,10 @@ from paths import SHARED_DATA
 import onnxprune
 from onnxprune import keras as okeras  # imports TensorFlow only when used
 from onnxprune.cli import main
-from onnxprune.errors import ModelError
+from onnxprune.errors import ModelError, ParameterError
+from onnxprune.keras.plan import plan_for
+from onnxprune.keras.rebuild import rebuild
+from onnxprune.methods.ocnna import prune_scored, score_model
 from onnxprune.verify import run
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -174,25 +178,44 @@ def test_conversion_keeps_keras_names_outputs_and_a_dynamic_batch(cnn, fmt):
     assert not any(n.op_type == "Shape" for n in proto.graph.node)
 
 
-def test_from_function_route_gives_the_same_model(cnn, monkeypatch):
-    """When tf2onnx.convert.from_keras fails (Keras 3 models it cannot read), the model
-    goes through tf2onnx.convert.from_function: forced here by making from_keras fail."""
-    import tf2onnx
-
+@pytest.mark.parametrize("via", ["keras", "function"])
+def test_both_tf2onnx_converters_prune_into_a_model_the_rebuild_reproduces(cnn, via):
+    """tf2onnx's ``from_keras`` (Keras 2, Keras 3 functional models) and ``from_function``
+    (the fallback, taken by a Keras 3 Sequential) trace the model apart: each must convert
+    the CNN faithfully, and its pruned model must be what the rebuilt Keras CNN computes."""
     model, _, data = cnn
-
-    def fail(*args, **kwargs):
-        raise AttributeError("'Functional' object has no attribute '_get_save_spec'")
-
-    monkeypatch.setattr(tf2onnx.convert, "from_keras", fail)
-    proto = okeras.model_to_onnx(model)
+    proto = okeras.model_to_onnx(model, via=via)
     assert [i.name for i in proto.graph.input] == ["image"]
     assert [o.name for o in proto.graph.output] == ["probs"]
     got = run(proto, {"image": data})["probs"]
     np.testing.assert_allclose(got, np.asarray(model(data)), rtol=1e-4, atol=1e-5)
-    result = okeras.ocnna(model, k=40, data=data, batch_size=16)
-    assert result.keras_model.get_layer("c3").filters == kept(6)
-    assert_same_outputs(result.keras_model, result.model, {"image": data})
+    scored = score_model(proto, data, batch_size=16)  # the steps of okeras.ocnna
+    result = prune_scored(scored, 40)
+    plan = plan_for(scored, result.masks)
+    small = rebuild(model, scored.analysis, plan, result.model, scored.feed)
+    assert small.get_layer("c1").filters == small.get_layer("c2").filters == kept(8)
+    assert small.get_layer("c3").filters == kept(6)
+    assert small.get_layer("d1").units == kept(16)
+    assert_same_outputs(small, result.model, {"image": data})
+
+
+def test_a_keras3_sequential_converts_only_through_from_function(mlp):
+    """Why the fallback exists: tf2onnx 1.17's ``from_keras`` fails on a Keras 3 Sequential
+    (KeyError on its output tensor name); on Keras 2 it converts it."""
+    model, _, data = mlp
+    want = np.asarray(model(data))
+    if KERAS3:
+        with pytest.raises(ModelError, match="^tf2onnx cannot convert the Keras model: ") as info:
+            okeras.model_to_onnx(model, via="keras")
+        assert "\n" not in str(info.value)
+    else:
+        direct = okeras.model_to_onnx(model, via="keras")
+        np.testing.assert_allclose(run(direct, {"features": data})["out"], want, 1e-4, 1e-5)
+    proto = okeras.model_to_onnx(model)  # via="auto"
+    assert [o.name for o in proto.graph.output] == ["out"]
+    np.testing.assert_allclose(run(proto, {"features": data})["out"], want, 1e-4, 1e-5)
+    with pytest.raises(ParameterError, match="via must be one of"):
+        okeras.model_to_onnx(model, via="torch")
 
 
 def test_savedmodel_without_keras_metadata_prunes_but_has_no_keras_route(cnn, tmp_path):
@@ -303,6 +326,44 @@ def test_unnamed_input_and_bn_without_scale_or_center(mlp):
     assert result.keras_model.get_layer("bn_b").moving_mean.shape == (kept(8),)
     onnx.checker.check_model(result.model, full_check=True)
     assert_same_outputs(result.keras_model, result.model, {result.model.graph.input[0].name: data})
+
+
+def test_sequential_without_input_and_a_depth_multiplier_from_h5(folder):
+    """The Keras 2 idiom (``input_shape`` on the first layer, no Input), a DepthwiseConv2D
+    with depth_multiplier 2 (output channel 2c + j reads input channel c) and its BN, saved
+    as .h5 and read back; reconstruction (refit kernels, on by default) reaches the Keras
+    kernels through the depthwise layout."""
+    layers = tf.keras.layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras 3 prefers an Input layer
+        model = tf.keras.Sequential(
+            [
+                layers.Conv2D(6, 3, padding="same", input_shape=(12, 12, 3), name="c"),
+                layers.ReLU(name="r1"),
+                layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw"),
+                layers.BatchNormalization(name="bn"),
+                layers.ReLU(name="r2"),
+                layers.Conv2D(8, 1, activation="relu", name="pw"),
+                layers.GlobalAveragePooling2D(name="gap"),
+                layers.Dense(3, name="out"),
+            ],
+            name="seq",
+        )
+        randomize(model, seed=9)
+        path = folder / "seq" / "seq.h5"
+        path.parent.mkdir()
+        model.save(str(path))
+    data = np.random.default_rng(10).random((32, 12, 12, 3)).astype(np.float32)
+    result = okeras.ocnna(path, k=40, data=data, batch_size=16)
+    small = result.keras_model
+    assert small.get_layer("c").filters == kept(6)  # one group with the depthwise conv
+    assert kernel_shape(small.get_layer("dw")) == (3, 3, kept(6), 2)
+    assert small.get_layer("bn").moving_mean.shape == (2 * kept(6),)
+    assert small.get_layer("pw").filters == kept(8)
+    assert small.get_layer("out").units == 3
+    assert any(row["refit"] for row in result.report["recovery"])
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(small, result.model, {result.model.graph.input[0].name: data})
 
 
 def test_a_shared_layer_is_refused_in_one_line(mlp):

@@ -30,7 +30,7 @@ from typing import Any
 import onnx
 
 from ..batch_shapes import fold_batch_shapes
-from ..errors import ModelError
+from ..errors import ModelError, ParameterError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 OPSET = 13
@@ -144,19 +144,34 @@ def input_signature(model: Any) -> tuple:
     )
 
 
+CONVERTERS = ("auto", "keras", "function")
+
+
 def model_to_onnx(
-    model: Any, names: tuple[list[str], list[str]] | None = None, opset: int = OPSET
+    model: Any,
+    names: tuple[list[str], list[str]] | None = None,
+    opset: int = OPSET,
+    *,
+    via: str = "auto",
 ) -> onnx.ModelProto:
-    """Convert an in-memory Keras model; ``names`` (inputs, outputs) overrides the Keras ones."""
+    """Convert an in-memory Keras model; ``names`` (inputs, outputs) overrides the Keras ones.
+
+    ``via``: "auto" tries tf2onnx's ``from_keras`` and falls back to ``from_function`` when
+    it fails; "keras" or "function" use that converter alone (a failure is a ModelError).
+    """
+    if via not in CONVERTERS:
+        raise ParameterError(f"via must be one of {CONVERTERS}, got {via!r}")
     tf, tf2onnx = tensorflow()
     spec = input_signature(model)
     proto = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:  # Keras 2 (tf.keras <= 2.15, or tf-keras with TF_USE_LEGACY_KERAS=1)
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
-        except Exception:  # Keras 3: trace the model as a plain tf.function instead
-            proto = None
+        if via != "function":
+            try:  # Keras 2, and Keras 3 functional models in tf2onnx 1.17
+                proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+            except Exception as exc:  # a Keras 3 Sequential: trace a plain tf.function
+                if via == "keras":
+                    raise _cannot_convert(exc) from exc
         if proto is None:
             single = len(spec) == 1
 
@@ -169,14 +184,16 @@ def model_to_onnx(
                     function, input_signature=spec, opset=opset
                 )
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise ModelError(
-                    f"tf2onnx cannot convert the Keras model: {type(exc).__name__}: {first}"
-                ) from exc
+                raise _cannot_convert(exc) from exc
     fold_batch_shapes(proto)
     inputs, outputs = names or (input_names(model), output_names(model))
     rename_interface(proto, inputs, outputs)
     return proto
+
+
+def _cannot_convert(exc: Exception) -> ModelError:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return ModelError(f"tf2onnx cannot convert the Keras model: {type(exc).__name__}: {first}")
 
 
 def _saved_model_to_onnx(path: Path, opset: int = OPSET) -> onnx.ModelProto:
