@@ -175,6 +175,10 @@ def _const_node(name: str, value: np.ndarray) -> onnx.NodeProto:
 
 
 OP_CASES = {
+    "tile": lambda: one_node("Tile", ["x", "r"], {"x": f32(2, 3, 4)}, {"r": i64(1, 2, 3)}),
+    "expand_broadcast_and_new_axes": lambda: one_node(
+        "Expand", ["x", "s"], {"x": f32(2, 3, 1, 4)}, {"s": i64(5, 1, 3, 2, 1)}
+    ),
     "conv1d_asymmetric_pads": lambda: one_node(
         "Conv",
         ["x", "w", "b"],

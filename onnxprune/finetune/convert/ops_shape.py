@@ -1,5 +1,5 @@
 """Handlers for shape and indexing ops: Flatten, Reshape, Transpose, Squeeze/Unsqueeze,
-Concat, Split, Slice, Gather, Shape, Cast, ConstantOfShape, Pad."""
+Concat, Split, Slice, Gather, Shape, Cast, ConstantOfShape, Pad, Tile, Expand."""
 
 from __future__ import annotations
 
@@ -336,3 +336,43 @@ class Pad(OpModule):
 @handles("Pad")
 def _pad(view: NodeView) -> nn.Module:
     return Pad(view)
+
+
+class Tile(OpModule):
+    """ONNX Tile: ``repeats`` copies along each axis (torch ``repeat``)."""
+
+    def __init__(self, view: NodeView) -> None:
+        repeats, known = _constant_or_attr(view, 1, "repeats")
+        super().__init__(view, baked=(1,) if known else ())
+        self.repeats = repeats
+
+    def compute(self, x: Tensor, repeats: Tensor | None = None) -> Tensor:
+        return x.repeat(*_runtime_list(repeats, self.repeats))
+
+
+class Expand(OpModule):
+    """ONNX Expand: broadcast to ``shape``, where 1 keeps the input's extent (a dynamic
+    batch stays dynamic) and extra leading axes are added."""
+
+    def __init__(self, view: NodeView) -> None:
+        shape, known = _constant_or_attr(view, 1, "shape")
+        super().__init__(view, baked=(1,) if known else ())
+        self.shape = shape
+
+    def compute(self, x: Tensor, shape: Tensor | None = None) -> Tensor:
+        dims = [int(d) for d in _runtime_list(shape, self.shape)]
+        if len(dims) < x.dim():
+            dims = [1] * (x.dim() - len(dims)) + dims
+        extra = len(dims) - x.dim()
+        sizes = [d if i < extra or d != 1 else -1 for i, d in enumerate(dims)]
+        return x.expand(*sizes)
+
+
+@handles("Tile")
+def _tile(view: NodeView) -> nn.Module:
+    return Tile(view)
+
+
+@handles("Expand")
+def _expand(view: NodeView) -> nn.Module:
+    return Expand(view)

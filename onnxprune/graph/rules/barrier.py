@@ -30,8 +30,6 @@ register(
     "Einsum",
     "DepthToSpace",
     "SpaceToDepth",
-    "Expand",
-    "Tile",
     "GatherElements",
     "GatherND",
     "ScatterND",

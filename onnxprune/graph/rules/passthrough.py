@@ -1,4 +1,5 @@
-"""Ops that keep channel c as channel c: activations, per-channel norms, pooling, padding."""
+"""Ops that keep channel c as channel c: activations, per-channel norms, pooling, padding,
+resizing, and repeats over other axes (Tile, Expand: upsampling as exporters write it)."""
 
 from __future__ import annotations
 
@@ -155,3 +156,51 @@ class ResizeRule(Rule):
         values = constant(sizes).copy()
         values[plan.cg.layout(node.inputs[0]).axis] = int(keep.sum())
         node.inputs[3] = gs.Constant(f"{sizes.name}_{node.name}_pruned", values)
+
+
+@register("Tile")
+class TileRule(Rule):
+    """Repeats along the other axes (nearest upsampling, Keras 3's UpSampling2D) keep the
+    channels; repeating the channel axis itself is left to the barrier."""
+
+    def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
+        layout = cg.layout(node.inputs[0])
+        if layout is None:
+            return
+        repeats = int_list(node.inputs[1])
+        if repeats is None or len(repeats) <= layout.axis or repeats[layout.axis] != 1:
+            cg.freeze_inputs(node, f"Tile '{node.name}' repeats the channel axis")
+            return
+        cg.set_layout(node.outputs[0], layout)
+
+
+@register("Expand")
+class ExpandRule(Rule):
+    """Broadcasting to a constant shape keeps the channels; leading axes it adds move the
+    channel axis, and a shape entry naming the channel count is rewritten with it."""
+
+    def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
+        layout = cg.layout(node.inputs[0])
+        if layout is None:
+            return
+        in_shape, shape = cg.shape(node.inputs[0]), int_list(node.inputs[1])
+        if in_shape is None or shape is None:
+            cg.freeze_inputs(node, f"Expand '{node.name}' has a computed shape")
+            return
+        added = max(0, len(shape) - len(in_shape))
+        entry = layout.axis + len(shape) - len(in_shape)
+        if entry >= 0 and shape[entry] not in (1, layout.size):
+            cg.freeze_inputs(node, f"Expand '{node.name}' broadcasts the channel axis")
+            return
+        cg.set_layout(node.outputs[0], layout.moved(layout.axis + added))
+
+    def rewrite(self, node: gs.Node, plan: Plan) -> None:
+        keep = plan.keep(node.inputs[0])
+        if keep is None:
+            return
+        layout = plan.cg.layout(node.inputs[0])
+        shape = constant(node.inputs[1]).copy()
+        entry = layout.axis + len(shape) - len(plan.cg.shape(node.inputs[0]))
+        if entry >= 0 and shape[entry] == layout.size:
+            shape[entry] = int(keep.sum())
+            node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_{node.name}_pruned", shape)
