@@ -366,6 +366,32 @@ def test_sequential_without_input_and_a_depth_multiplier_from_h5(folder):
     assert_same_outputs(small, result.model, {result.model.graph.input[0].name: data})
 
 
+def test_upsampling2d_passes_channels_to_the_next_conv(folder):
+    """Keras' UpSampling2D (Tile after tf2onnx in Keras 3, Resize-like ops in Keras 2) does
+    not freeze the conv before it; the rebuilt model matches the pruned ONNX model."""
+    layers = tf.keras.layers
+    image = layers.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(image)
+    x = layers.MaxPooling2D(name="pool")(x)
+    x = layers.Conv2D(12, 3, padding="same", activation="relu", name="c2")(x)
+    x = layers.UpSampling2D(name="up")(x)
+    x = layers.Conv2D(6, 3, padding="same", activation="relu", name="c3")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = tf.keras.Model(image, layers.Dense(3, name="out")(x))
+    randomize(model, seed=4)
+    path = folder / "upsampling.keras"
+    model.save(str(path))
+    data = np.random.default_rng(5).random((24, 16, 16, 3)).astype(np.float32)
+    result = okeras.ocnna(path, k=50, data=data, batch_size=8)
+    small = result.keras_model
+    assert [small.get_layer(n).filters for n in ("c1", "c2", "c3")] == [4, 6, 3]
+    assert result.report["frozen"] == [] or all(
+        "model output" in entry["reason"] for entry in result.report["frozen"]
+    )
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(small, result.model, {"image": data})
+
+
 def test_a_shared_layer_is_refused_in_one_line(mlp):
     layers = tf.keras.layers
     features = layers.Input((20,), name="features")
