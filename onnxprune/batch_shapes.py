@@ -1,11 +1,16 @@
-"""Fold Reshape target shapes that are computed only to carry the batch size.
+"""Fold shape arithmetic that only carries the batch size into constants.
 
-Exporters often write a flatten as ``Reshape(x, Concat(Shape(x)[0], 512))`` (Keras 3 via
-tf2onnx, ``x.view(x.size(0), 512)`` in PyTorch, TF's ``tf.shape(x)[0]``): the target is
-computed from a channel-bearing tensor, so the channel analysis can neither read nor
-rewrite it and freezes every channel that reaches it. When the only dynamic input
-dimension is the batch, such a shape is a constant except for the batch entry: running
-the model at two batch sizes finds it, and it becomes the constant ``[-1, 512]``.
+Exporters compute shape operands from tensor shapes whenever the batch is dynamic: a
+flatten as ``Reshape(x, Concat(Shape(x)[0], 512))`` (Keras 3 via tf2onnx,
+``x.view(x.size(0), 512)`` in PyTorch, TF's ``tf.shape(x)[0]``), ``torch.chunk`` as Slice
+bounds from ``Shape(x)[1] / 2`` (YOLOv8's C2f blocks). The channel analysis can neither
+read nor rewrite a computed operand, so it freezes every channel that reaches one. When
+the only dynamic input dimension is the batch, such operands are constants, except for
+a Reshape target's batch entry: running the model at two batch sizes finds them, and
+they become constants (``-1`` for that batch entry).
+
+Only operands computed from shapes and constants are folded, never values that depend on
+the data, so probing with zeros cannot bake in a data-dependent value.
 """
 
 from __future__ import annotations
@@ -20,42 +25,103 @@ from .io import InputSpec, input_specs
 #: is the batch; every other entry must not move.
 PROBE_BATCHES = (2, 3)
 
+#: Operand positions that the channel rules need as constants, per op type.
+SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Split": (1,),
+    "Tile": (1,),
+    "Expand": (1,),
+    "Pad": (1, 3),
+    "Resize": (3,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+}
+
+#: Ops whose output is a tensor's shape, whatever its values.
+SHAPE_READERS = {"Shape", "Size"}
+
+#: Ops whose output shape follows the values of these operands (besides SHAPE_OPERANDS).
+VALUE_SHAPED: dict[str, tuple[int, ...]] = {
+    **SHAPE_OPERANDS,
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "TopK": (1,),
+    "OneHot": (1,),
+}
+
+#: Ops whose output shape follows the data itself.
+DATA_SHAPED = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "If", "Loop", "Scan"}
+
 
 def fold_batch_shapes(model: onnx.ModelProto) -> int:
-    """Make each computed Reshape target ``[batch, d1, ...]`` the constant
-    ``[-1, d1, ...]`` and drop the shape arithmetic left dead; returns how many were folded.
+    """Make each shape operand computed from batch-only shapes a constant (a Reshape
+    target ``[batch, d1, ...]`` becomes ``[-1, d1, ...]``) and drop the arithmetic left
+    dead; returns how many operands were folded.
 
     Nothing changes unless every graph input has a dynamic first axis and static other
     axes, or when probing fails (the analysis then freezes, as before).
     """
     graph = model.graph
-    constants = {init.name for init in graph.initializer}
-    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    computed = [n for n in graph.node if n.op_type == "Reshape" and n.input[1] not in constants]
+    operands = _computed_operands(graph)
     specs = _batch_only_inputs(model)
-    if not computed or specs is None:
+    if not operands or specs is None:
         return 0
-    wanted = list(dict.fromkeys(n.input[1] for n in computed))
+    wanted = list(dict.fromkeys(name for _, _, name in operands))
     values = _probe(model, specs, wanted)
     if values is None:
         return 0
-    taken = constants | {t for n in graph.node for t in (*n.input, *n.output)}
+    taken = {init.name for init in graph.initializer}
+    taken |= {t for n in graph.node for t in (*n.input, *n.output)}
     taken |= {v.name for v in (*graph.input, *graph.output)}
     folded = 0
-    for node in computed:
-        target = _batch_free_target(*(v[node.input[1]] for v in values))
-        if target is None:
+    for node, position, name in operands:
+        value = _batch_free(node.op_type, *(v[name] for v in values))
+        if value is None:
             continue
-        name = f"{node.name}__folded_shape"
-        while name in taken:
-            name += "_"
-        graph.initializer.append(numpy_helper.from_array(target, name))
-        taken.add(name)
-        node.input[1] = name
+        constant = f"{node.name or node.op_type}__folded_{position}"
+        while constant in taken:
+            constant += "_"
+        graph.initializer.append(numpy_helper.from_array(value, constant))
+        taken.add(constant)
+        node.input[position] = constant
         folded += 1
     if folded:
         _drop_dead_nodes(graph)
     return folded
+
+
+def _computed_operands(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int, str]]:
+    """(node, position, tensor) of every shape operand computed from shapes and constants
+    only: a value that follows the data, or the shape of a tensor whose shape follows the
+    data (after NonZero, or a Reshape to a data-dependent target), is never a candidate."""
+    constants = {init.name for init in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    shape_only = set(constants)  # values that follow only tensor shapes and constants
+    data_shaped: set[str] = set()  # tensors whose shape may follow the data
+    for node in graph.node:  # graph order: producers first
+        inputs = [name for name in node.input if name]
+        operands = (_operand(node, p) for p in VALUE_SHAPED.get(node.op_type, ()))
+        if (
+            node.op_type in DATA_SHAPED
+            or any(name in data_shaped for name in inputs)
+            or any(name and name not in shape_only for name in operands)
+        ):
+            data_shaped.update(node.output)
+        elif node.op_type in SHAPE_READERS or (
+            inputs and all(name in shape_only for name in inputs)
+        ):
+            shape_only.update(node.output)
+    return [
+        (node, position, name)
+        for node in graph.node
+        for position in SHAPE_OPERANDS.get(node.op_type, ())
+        if (name := _operand(node, position)) and name not in constants and name in shape_only
+    ]
+
+
+def _operand(node: onnx.NodeProto, position: int) -> str:
+    return node.input[position] if position < len(node.input) else ""
 
 
 def _batch_only_inputs(model: onnx.ModelProto) -> list[InputSpec] | None:
@@ -73,9 +139,14 @@ def _probe(model: onnx.ModelProto, specs: list[InputSpec], wanted: list[str]) ->
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe)
+    except Exception:  # noqa: BLE001 - without types the probe cannot declare its outputs
+        return None
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     known = {v.name for v in probe.graph.output}
     probe.graph.output.extend(
-        helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None)
+        helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.INT64, None)
         for name in wanted
         if name not in known
     )
@@ -95,11 +166,17 @@ def _probe(model: onnx.ModelProto, specs: list[InputSpec], wanted: list[str]) ->
     return values
 
 
-def _batch_free_target(first, second) -> np.ndarray | None:
-    """``first`` with its batch entry as -1, if exactly that entry follows the batch size
-    and no entry is already inferred or copied."""
-    first, second = (np.asarray(v).reshape(-1) for v in (first, second))
-    if first.shape != second.shape or np.any(first <= 0):
+def _batch_free(op_type: str, first, second) -> np.ndarray | None:
+    """The constant for an operand seen as ``first`` and ``second`` at the two probe
+    batches: the value itself when it did not move; for a Reshape target whose only
+    moving entry is the batch size (and none already inferred or copied), that entry as
+    -1; otherwise None."""
+    first, second = np.asarray(first), np.asarray(second)
+    if first.shape != second.shape:
+        return None
+    if np.array_equal(first, second):
+        return first
+    if op_type != "Reshape" or first.ndim != 1 or np.any(first <= 0):
         return None
     moving = np.flatnonzero(first != second)
     if len(moving) != 1 or (first[moving[0]], second[moving[0]]) != PROBE_BATCHES:

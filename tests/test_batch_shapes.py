@@ -1,13 +1,17 @@
-"""Reshape targets computed only to carry the batch size (Keras 3 / tf2onnx's Flatten,
-``tf.shape(x)[0]``) are folded to constants, so the conv channels behind them prune."""
+"""Shape operands computed only to carry the batch size (Keras 3 / tf2onnx's Flatten,
+``tf.shape(x)[0]``, ``torch.chunk``'s Slice bounds under a dynamic batch) are folded to
+constants, so the conv channels behind them prune; values that follow the data are not."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from builders import run
+import pytest
+import torch
+from builders import export, run
 from checks import analysis_of, dead_exact, prune_checked
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from onnxprune.batch_shapes import fold_batch_shapes
 
@@ -87,3 +91,76 @@ def test_conv_channels_behind_a_computed_flatten_are_prunable():
     assert weights[conv.input[1]].shape[0] == 3  # floor(50% of 6) removed
     assert weights[head.input[1]].shape == (3 * 4, 3)  # each channel's 2 x 2 positions
     dead_exact(model)
+
+
+class ChunkBlock(nn.Module):
+    """YOLOv8's C2f pattern: conv -> chunk(2) -> a conv on one half -> concat -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(4, 4, 3, padding=1)
+        self.fuse = nn.Conv2d(12, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        a, b = y.chunk(2, 1)
+        y = torch.relu(self.fuse(torch.cat([a, b, torch.relu(self.inner(b))], 1)))
+        return self.head(y.mean((2, 3)))
+
+
+def test_chunk_bounds_from_a_dynamic_batch_fold_and_the_halves_prune_exactly():
+    torch.manual_seed(0)
+    model = export(ChunkBlock(), (1, 3, 8, 8))
+    assert any(n.op_type == "Shape" for n in model.graph.node)  # bounds computed at run time
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_batch_shapes(folded) > 0
+    assert not any(n.op_type == "Shape" for n in folded.graph.node)
+    analysis = analysis_of(model)
+    (stem,) = [g for g in analysis.groups if g.size == 8]
+    assert stem.prunable, stem.frozen_reason
+    pruned, _ = prune_checked(model, k=50)
+    weights = {i.name: numpy_helper.to_array(i) for i in pruned.graph.initializer}
+    convs = [weights[n.input[1]].shape for n in pruned.graph.node if n.op_type == "Conv"]
+    assert [shape[0] for shape in convs] == [4, 2, 3]
+    dead_exact(model)
+
+
+VALUE_BOUND = [  # ends = [max(x)]: follows the values
+    helper.make_node("ReduceMax", ["x"], ["top"], keepdims=1),
+    helper.make_node("Reshape", ["top", "one"], ["top1"]),
+    helper.make_node("Cast", ["top1"], ["ends"], to=TensorProto.INT64),
+]
+NONZERO_BOUND = [  # ends = [count of non-zeros]: the shape of a data-shaped tensor
+    helper.make_node("NonZero", ["x"], ["where"]),
+    helper.make_node("Shape", ["where"], ["where_shape"]),
+    helper.make_node("Slice", ["where_shape", "one", "two"], ["ends"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("bound", "width"), [(VALUE_BOUND, 3), (NONZERO_BOUND, 4)], ids=["value", "nonzero"]
+)
+def test_a_data_dependent_operand_is_not_folded(bound, width):
+    """Slice bounds that follow the data must stay computed: probing with zeros would
+    bake in one sample's value (0 here)."""
+    nodes = [*bound, helper.make_node("Slice", ["x", "zero", "ends", "one"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.array([v], np.int64), name)
+        for name, v in (("zero", 0), ("one", 1), ("two", 2))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "data_slice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.array([[0, 1, 2, 3], [1, 1, 1, 0]], np.float32)
+    assert run(model, {"x": x})[0].shape == (2, width)  # max(x) = 3; 6 non-zeros: all 4
+    before = model.SerializeToString()
+    assert fold_batch_shapes(model) == 0
+    assert model.SerializeToString() == before
