@@ -4,7 +4,8 @@ Integer labels are classes. Users also bring classes in two other forms: one-hot
 (Keras' ``to_categorical``) and whole numbers stored as floats (a pandas column, MATLAB
 exports). Both are read as classes when the model's first output has one column per
 class; any other float labels are regression targets, which must then have as many
-values per sample as the output.
+values per sample as the output. A classifier with one output unit is binary (classes 0
+and 1, its score thresholded at ``binary_threshold``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def resolve_labels(labels: np.ndarray, width: int | None) -> tuple[Task, np.ndar
             "per output value"
         )
     return "regression", labels
+
+
+#: Ops between a classifier's last activation and its output that do not change values.
+_VALUE_PRESERVING = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+
+
+def binary_threshold(model: onnx.ModelProto) -> float:
+    """Where a one-unit binary classifier's first output turns to class 1: 0.5 after a
+    final Sigmoid (probabilities), else 0 (a logit)."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    node = producers.get(model.graph.output[0].name)
+    while node is not None and node.op_type in _VALUE_PRESERVING:
+        node = producers.get(node.input[0])
+    return 0.5 if node is not None and node.op_type == "Sigmoid" else 0.0
 
 
 def output_width(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> int:

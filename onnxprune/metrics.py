@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from .graph.shapes import probe_shapes
 from .io import Dataset
-from .labels import resolve_labels
+from .labels import binary_threshold, resolve_labels
 from .observe import predict
 
 FLOAT_TYPES = {
@@ -138,14 +138,20 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> 
     output.
 
     A first output of one integer per sample is taken as the predicted labels themselves
-    (scikit-learn classifiers converted by skl2onnx, graphs ending in ArgMax).
+    (scikit-learn classifiers converted by skl2onnx, graphs ending in ArgMax); one float
+    per sample with class labels is a binary classifier's score (labels.binary_threshold).
     """
     outputs = predict(model, dataset, batch_size)
     scores = outputs.reshape(len(outputs), -1)
     label_output = np.issubdtype(outputs.dtype, np.integer) and scores.shape[1] == 1
     task, labels = resolve_labels(dataset.labels, None if label_output else scores.shape[1])
     if task == "classification":
-        predicted = scores[:, 0] if label_output else scores.argmax(axis=1)
+        if label_output:
+            predicted = scores[:, 0]
+        elif scores.shape[1] == 1:  # one unit: a binary classifier
+            predicted = (scores[:, 0] > binary_threshold(model)).astype(np.int64)
+        else:
+            predicted = scores.argmax(axis=1)
         return {"accuracy": float((predicted == labels.reshape(-1)).mean())}
     error = scores - labels.reshape(scores.shape)
     return {"mse": float(np.mean(np.square(error, dtype=np.float64)))}

@@ -849,7 +849,7 @@ def test_keras_dense_head_matches_and_trains_biases() -> None:
     module = assert_matches_at_batches(model, (20,))
     assert sorted(module.initializer_names.values()) == ["b1", "b2", "w1", "w2"]
     assert all(p.requires_grad for p in module.parameters())
-    assert module.ends_with_softmax
+    assert module.ends_with_probabilities
 
 
 def test_gemm_trans_b0_matches() -> None:
@@ -980,7 +980,7 @@ def test_dropout_is_active_only_in_train_mode() -> None:
 def test_return_logits_skips_final_softmax() -> None:
     model, shape = exported("softmax_head")
     module = onnx_to_torch(model)
-    assert module.ends_with_softmax and module.return_logits is False
+    assert module.ends_with_probabilities and module.return_logits is False
     x = torch.randn(3, *shape)
     with torch.no_grad():
         probs = module(x)
@@ -993,7 +993,7 @@ def test_return_logits_skips_final_softmax() -> None:
 
 def test_models_without_softmax_say_so() -> None:
     model, _ = exported("residual_add")
-    assert onnx_to_torch(model).ends_with_softmax is False
+    assert onnx_to_torch(model).ends_with_probabilities is False
 
 
 # --------------------------------------------------------------------------- export

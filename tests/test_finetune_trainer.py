@@ -315,7 +315,7 @@ def test_bad_schedule_options_are_one_line_parameter_errors(iris, options, word)
 class SoftmaxHead(nn.Module):
     """Like a converted ONNX classifier: Softmax at the end, switchable to logits."""
 
-    ends_with_softmax = True
+    ends_with_probabilities = True
 
     def __init__(self, body: nn.Module, switchable: bool) -> None:
         super().__init__()
@@ -364,6 +364,37 @@ def test_softmax_switch_uses_cross_entropy_on_logits(iris) -> None:
     a = train(head, TrainData(x_tr, y_tr), None, "classification", **kwargs)
     b = train(plain, TrainData(x_tr, y_tr), None, "classification", **kwargs)
     assert a.history == b.history
+
+
+class SigmoidHead(SoftmaxHead):
+    """A converted model ending in Sigmoid: one unit (binary) or a [0, 1] regressor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.body(x)[:, :1]
+        use_logits = bool(self.return_logits)
+        if self.training:
+            self.calls_with_logits.append(use_logits)
+        return logits if use_logits else torch.sigmoid(logits)
+
+
+def test_sigmoid_regressor_trains_through_its_sigmoid(iris) -> None:
+    """Targets in [0, 1] behind a final Sigmoid: MSE on the probabilities, never logits."""
+    x_tr, _, y_tr, _ = iris
+    head = SigmoidHead(iris_mlp(x_tr), switchable=True)
+    targets = (y_tr == 2).astype(np.float32)
+    train(head, TrainData(x_tr, targets), None, "regression", epochs=2, progress=False)
+    assert head.calls_with_logits and not any(head.calls_with_logits)
+
+
+def test_one_sigmoid_unit_trains_on_logits_with_binary_cross_entropy(iris) -> None:
+    x_tr, x_te, y_tr, y_te = iris
+    head = SigmoidHead(iris_mlp(x_tr), switchable=True)
+    binary_tr, binary_te = (y_tr == 2).astype(np.int64), (y_te == 2).astype(np.int64)
+    kwargs = dict(epochs=40, lr=1e-2, batch_size=16, progress=False)
+    train(head, TrainData(x_tr, binary_tr), TrainData(x_te, binary_te), "classification", **kwargs)
+    assert head.calls_with_logits and all(head.calls_with_logits)
+    assert head.return_logits is False
+    assert evaluate(head, TrainData(x_te, binary_te), "classification") >= 0.9
 
 
 # ----------------------------------------------------------------------- inputs, errors, output

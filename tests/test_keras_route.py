@@ -453,6 +453,42 @@ def test_finetune_in_keras_exports_a_valid_onnx_model(cnn, folder):
     )
 
 
+SPAMBASE = SHARED_DATA / "spambase.npz"
+
+
+@pytest.mark.skipif(not SPAMBASE.is_file(), reason=f"no {SPAMBASE}")
+@pytest.mark.parametrize("activation", ["sigmoid", "linear"])
+def test_binary_classifier_with_one_unit_finetunes_with_binary_cross_entropy(folder, activation):
+    """Dense(1, "sigmoid") (or a logit) on Spambase: accuracy thresholds the score and the
+    Keras fine-tune uses binary cross-entropy, keeping the final activation."""
+    layers = tf.keras.layers
+    with np.load(SPAMBASE) as spam:
+        x, y = spam["X"], spam["y"]
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    mean, std = x[:3000].mean(0), x[:3000].std(0) + 1e-6
+    x = ((x - mean) / std).astype(np.float32)
+    features = layers.Input((57,), name="features")
+    hidden = layers.Dense(16, activation="relu", name="h2")(
+        layers.Dense(32, activation="relu", name="h1")(features)
+    )
+    model = tf.keras.Model(features, layers.Dense(1, activation=activation, name="score")(hidden))
+    tf.keras.utils.set_random_seed(0)
+    loss = tf.keras.losses.BinaryCrossentropy(from_logits=activation == "linear")
+    model.compile(optimizer="adam", loss=loss)
+    model.fit(x[:3000], y[:3000], epochs=5, batch_size=64, verbose=0)
+    path = folder / f"binary_{activation}.keras"
+    model.save(str(path))
+    train, test = {"x": x[:3000], "y": y[:3000]}, {"x": x[3000:], "y": y[3000:]}
+    result = okeras.ocnna(path, k=40, data=x[:500], eval_data=test)
+    assert result.report["accuracy_before"] > 0.88
+    okeras.finetune_result(result, train, test, epochs=2, batch_size=64)
+    assert result.report["finetune"]["task"] == "classification"
+    assert result.report["accuracy_finetuned"] > 0.88
+    assert result.keras_model.get_layer("score").activation.__name__ == activation
+    onnx.checker.check_model(result.model, full_check=True)
+
+
 # ----------------------------------------------------------------------- CLI
 
 

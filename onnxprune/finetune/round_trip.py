@@ -41,8 +41,8 @@ DEVICES = ("cpu", "cuda")
 class _CastInputs(nn.Module):
     """Casts stored-dtype batches (e.g. uint8 pixels) to the model's input dtypes.
 
-    Exposes the wrapped module's ``ends_with_softmax`` / ``return_logits`` so the trainer
-    still trains a Softmax-ended classifier on its logits.
+    Exposes the wrapped module's ``ends_with_probabilities`` / ``return_logits`` so the
+    trainer still trains a Softmax- or Sigmoid-ended classifier on its logits.
     """
 
     def __init__(self, module: nn.Module, dtypes: Sequence[torch.dtype]) -> None:
@@ -51,8 +51,8 @@ class _CastInputs(nn.Module):
         self.dtypes = tuple(dtypes)
 
     @property
-    def ends_with_softmax(self) -> bool:
-        return bool(getattr(self.module, "ends_with_softmax", False))
+    def ends_with_probabilities(self) -> bool:
+        return bool(getattr(self.module, "ends_with_probabilities", False))
 
     @property
     def return_logits(self) -> bool:
@@ -124,13 +124,14 @@ def finetune(
 ) -> tuple[onnx.ModelProto | None, dict]:
     """Train ``model`` on labelled data and return it as ONNX with the same interface.
 
-    Cross-entropy for integer labels (on logits when the model ends in Softmax), MSE for
-    float targets; keeps the best epoch by the eval metric, or by training loss without
-    eval data. ``optimizer`` is adam, adamw or sgd (with ``momentum``); ``schedule``
-    ("constant" or "cosine" decay to ~0, per step) and ``warmup`` (fraction of the steps
-    of linear warm-up) shape the learning rate, so the original training's recipe can be
-    repeated. The same seed, thread count and process count give a byte-identical model.
-    ``measure_start`` adds the eval metric of ``model`` itself (before training).
+    Cross-entropy for class labels (on logits when the model ends in Softmax; binary for
+    one Sigmoid or logit unit), MSE for float targets; keeps the best epoch by the eval
+    metric, or by training loss without eval data. ``optimizer`` is adam, adamw or sgd
+    (with ``momentum``); ``schedule`` ("constant" or "cosine" decay to ~0, per step) and
+    ``warmup`` (fraction of the steps of linear warm-up) shape the learning rate, so the
+    original training's recipe can be repeated. The same seed, thread count and process
+    count give a byte-identical model. ``measure_start`` adds the eval metric of ``model``
+    itself (before training).
     Under torchrun, ranks other than 0 return ``(None, report)`` and must write nothing.
     """
     from .convert import onnx_to_torch

@@ -43,22 +43,43 @@ def _check_classes(output: torch.Tensor, target: torch.Tensor) -> None:
         raise DataError(
             f"classification needs (N, classes) model outputs, got shape {tuple(output.shape)}"
         )
-    if target.numel() and int(target.max()) >= output.shape[1]:
+    classes = max(2, output.shape[1])  # one unit: a binary classifier, classes 0 and 1
+    if target.numel() and int(target.max()) >= classes:
         raise DataError(
             f"class index {int(target.max())} is out of range for a model with "
-            f"{output.shape[1]} outputs"
+            f"{output.shape[1]} output(s)" + (" (one unit: binary, 0 or 1)" if classes == 2 else "")
         )
 
 
-def loss_of(output: torch.Tensor, target: torch.Tensor, task: str, probs: bool) -> torch.Tensor:
-    """Cross-entropy (NLL on log-probabilities when ``probs``) or MSE, batch mean."""
-    if task == "classification":
-        _check_classes(output, target)
-        target = target.long()
+def _classify(
+    output: torch.Tensor, target: torch.Tensor, probs: bool, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, predicted classes); ``probs``: the output is already probabilities.
+    One output unit is a binary classifier: binary cross-entropy, class 1 above 0.5
+    (probabilities) or 0 (logits)."""
+    _check_classes(output, target)
+    if output.shape[1] == 1:
+        score, truth = output[:, 0], target.to(output.dtype)
         if probs:
-            log_probs = torch.log(output.clamp_min(_PROB_FLOOR))
-            return nn.functional.nll_loss(log_probs, target)
-        return nn.functional.cross_entropy(output, target)
+            p = score.clamp(_PROB_FLOOR, 1 - _PROB_FLOOR)
+            loss = nn.functional.binary_cross_entropy(p, truth, reduction=reduction)
+        else:
+            loss = nn.functional.binary_cross_entropy_with_logits(score, truth, reduction=reduction)
+        return loss, (score > (0.5 if probs else 0.0)).long()
+    target = target.long()
+    if probs:
+        log_probs = torch.log(output.clamp_min(_PROB_FLOOR))
+        loss = nn.functional.nll_loss(log_probs, target, reduction=reduction)
+    else:
+        loss = nn.functional.cross_entropy(output, target, reduction=reduction)
+    return loss, output.argmax(dim=1)
+
+
+def loss_of(output: torch.Tensor, target: torch.Tensor, task: str, probs: bool) -> torch.Tensor:
+    """Cross-entropy (on probabilities when ``probs``; binary for one unit) or MSE, batch
+    mean."""
+    if task == "classification":
+        return _classify(output, target, probs)[0]
     target = target.to(output.dtype)
     return nn.functional.mse_loss(_align_regression(output, target), target)
 
@@ -91,14 +112,9 @@ def metric_sums(
             target = targets[part]
             output = first_output(module(*batch))
             if task == "classification":
-                _check_classes(output, target)
-                target = target.long()
-                metric_sum += float((output.argmax(dim=1) == target).sum())
-                if probs:
-                    log_probs = torch.log(output.clamp_min(_PROB_FLOOR))
-                    loss_sum += float(nn.functional.nll_loss(log_probs, target, reduction="sum"))
-                else:
-                    loss_sum += float(nn.functional.cross_entropy(output, target, reduction="sum"))
+                loss, predicted = _classify(output, target, probs, reduction="sum")
+                metric_sum += float((predicted == target.long()).sum())
+                loss_sum += float(loss)
             else:
                 target = target.to(torch.float64)
                 output = _align_regression(output, target).to(torch.float64)
@@ -128,7 +144,12 @@ def evaluate(
     module.eval()
     try:
         inputs, targets = to_tensors(data, device)
-        total, _, count = metric_sums(module, inputs, targets, task, batch_size)
+        # a module still ending in its Softmax/Sigmoid gives probabilities (a one-unit
+        # binary classifier's class 1 is then above 0.5, not above 0)
+        probs = bool(getattr(module, "ends_with_probabilities", False)) and not getattr(
+            module, "return_logits", False
+        )
+        total, _, count = metric_sums(module, inputs, targets, task, batch_size, probs=probs)
     finally:
         module.train(was_training)
     return total / count

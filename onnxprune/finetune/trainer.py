@@ -160,12 +160,16 @@ def train(
     previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    ends_with_softmax = bool(getattr(module, "ends_with_softmax", False))
+    # a classifier trains on the logits under its final Softmax/Sigmoid when it can skip
+    # it; a regressor keeps its output activation (targets in [0, 1] behind a Sigmoid)
+    ends_with_probabilities = task == "classification" and bool(
+        getattr(module, "ends_with_probabilities", False)
+    )
     has_logits_switch = hasattr(module, "return_logits")
     previous_logits = getattr(module, "return_logits", None)
-    if ends_with_softmax and has_logits_switch:
+    if ends_with_probabilities and has_logits_switch:
         module.return_logits = True  # type: ignore[assignment]
-    train_on_probs = task == "classification" and ends_with_softmax and not has_logits_switch
+    train_on_probs = ends_with_probabilities and not has_logits_switch
     was_training = module.training
 
     try:
@@ -295,6 +299,6 @@ def train(
         return TrainResult(history, best_epoch, float(best), metric, stopped_early)
     finally:
         module.train(was_training)
-        if ends_with_softmax and has_logits_switch:
+        if ends_with_probabilities and has_logits_switch:
             module.return_logits = previous_logits  # type: ignore[assignment]
         torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)

@@ -32,11 +32,19 @@ OPTIMIZERS = ("adam", "sgd")
 EVAL_BATCH_SIZE = 256
 
 
+def _activation(model: Any) -> str:
+    """The name of the first output's final activation ("softmax", "sigmoid", "linear")."""
+    layer = model.outputs[0]._keras_history[0]
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    if type(layer).__name__ == "Activation" or hasattr(layer, "activation"):
+        return getattr(getattr(layer, "activation", None), "__name__", "")
+    return ""
+
+
 def ends_with_softmax(model: Any) -> bool:
     """True when the first output comes out of a softmax (train on probabilities then)."""
-    layer = model.outputs[0]._keras_history[0]
-    activation = getattr(getattr(layer, "activation", None), "__name__", "")
-    return type(layer).__name__ == "Softmax" or activation == "softmax"
+    return _activation(model) == "softmax"
 
 
 def _check(epochs: int, lr: float, batch_size: int, optimizer: str) -> None:
@@ -59,12 +67,20 @@ def _loss(model: Any, task: str, labels: np.ndarray) -> Any:
     if task == "regression":
         return tf.keras.losses.MeanSquaredError()
     classes = int(tuple(model.outputs[0].shape)[-1] or 0)
-    if len(tuple(model.outputs[0].shape)) != 2 or classes < 2:
-        raise DataError("integer labels need a model with (N, classes) outputs, classes >= 2")
-    if labels.size and (int(labels.max()) >= classes or int(labels.min()) < 0):
-        raise DataError(f"labels must be class indices in [0, {classes}), got {labels.max()}")
-    probs = ends_with_softmax(model)
-    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
+    if len(tuple(model.outputs[0].shape)) != 2 or classes < 1:
+        raise DataError("integer labels need a model with (N, classes) outputs")
+    valid = max(2, classes)  # one unit: a binary classifier
+    if labels.size and (int(labels.max()) >= valid or int(labels.min()) < 0):
+        raise DataError(f"labels must be class indices in [0, {valid}), got {labels.max()}")
+    if classes == 1:
+        binary = tf.keras.losses.BinaryCrossentropy(from_logits=_activation(model) != "sigmoid")
+
+        def binary_cross_entropy(y_true: Any, y_pred: Any) -> Any:
+            """Keras 2 wants (N, 1) labels for (N, 1) scores; ours are (N,)."""
+            return binary(tf.reshape(tf.cast(y_true, y_pred.dtype), tf.shape(y_pred)), y_pred)
+
+        return binary_cross_entropy
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_with_softmax(model))
 
 
 def _training_data(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> Any:
@@ -100,7 +116,13 @@ def _measure(model: Any, dataset: Dataset, task: str, loss: Any) -> tuple[float,
         loss_sum += float(loss(y, out)) * len(index)
         out = np.asarray(out)
         if task == "classification":
-            metric_sum += float((out.reshape(len(index), -1).argmax(axis=1) == y.reshape(-1)).sum())
+            scores = out.reshape(len(index), -1)
+            if scores.shape[1] == 1:  # one unit: a binary classifier
+                threshold = 0.5 if _activation(model) == "sigmoid" else 0.0
+                predicted = (scores[:, 0] > threshold).astype(np.int64)
+            else:
+                predicted = scores.argmax(axis=1)
+            metric_sum += float((predicted == y.reshape(-1)).sum())
         else:
             error = out.reshape(y.shape).astype(np.float64) - y
             metric_sum += float(np.square(error).mean()) * len(index)

@@ -26,7 +26,7 @@ from .prepare import (  # noqa: F401
 from .registry import (  # noqa: F401
     DEFAULT_DOMAINS,
     HANDLERS,
-    SOFTMAX_OPS,
+    PROBABILITY_OPS,
 )
 
 # --------------------------------------------------------------------------- the module
@@ -53,8 +53,9 @@ class OnnxModule(nn.Module):
     """A converted ONNX graph: forward(*graph inputs) -> graph output(s).
 
     Attributes: ``input_names`` / ``output_names`` (the ONNX ones, in order), ``opset``,
-    ``ends_with_softmax`` and ``return_logits`` (when True, a final Softmax/LogSoftmax is
-    skipped so a trainer can apply cross-entropy to logits), and ``initializer_names``
+    ``ends_with_probabilities`` and ``return_logits`` (when True, a final Softmax,
+    LogSoftmax or Sigmoid is skipped so a trainer can apply cross-entropy to logits), and
+    ``initializer_names``
     (qualified parameter/buffer name -> ONNX initializer name).
     """
 
@@ -63,7 +64,7 @@ class OnnxModule(nn.Module):
         nodes: Sequence[tuple[str, nn.Module, Sequence[str], Sequence[str]]],
         input_names: Sequence[str],
         output_names: Sequence[str],
-        final_softmax_outputs: Collection[str],
+        final_probability_outputs: Collection[str],
         opset: int,
     ) -> None:
         super().__init__()
@@ -78,11 +79,11 @@ class OnnxModule(nn.Module):
             key = self._unique_key(_sanitize(raw_name), taken)
             self.add_module(key, module)
             steps.append(Step(key, tuple(inputs), tuple(outputs)))
-            if outputs and outputs[0] in final_softmax_outputs:
+            if outputs and outputs[0] in final_probability_outputs:
                 skip.add(key)
         self.steps = steps
-        self.softmax_keys = frozenset(skip)
-        self.ends_with_softmax = bool(skip)
+        self.probability_keys = frozenset(skip)
+        self.ends_with_probabilities = bool(skip)
 
     @staticmethod
     def _unique_key(key: str, taken: set[str]) -> str:
@@ -102,7 +103,7 @@ class OnnxModule(nn.Module):
         env: dict[str, Tensor] = dict(zip(self.input_names, inputs))
         for step in self.steps:
             args = [env[name] for name in step.inputs]
-            if self.return_logits and step.key in self.softmax_keys:
+            if self.return_logits and step.key in self.probability_keys:
                 result: Any = args[0]
             else:
                 result = self._modules[step.key](*args)
@@ -165,8 +166,9 @@ def _check_supported(graph: onnx.GraphProto) -> None:
             )
 
 
-def _final_softmax_outputs(graph: onnx.GraphProto, info: GraphInfo) -> set[str]:
-    """Outputs of Softmax/LogSoftmax nodes that only feed a graph output (maybe via Identity)."""
+def _final_probability_outputs(graph: onnx.GraphProto, info: GraphInfo) -> set[str]:
+    """Outputs of Softmax/LogSoftmax/Sigmoid nodes that only feed a graph output (maybe via
+    Identity)."""
     by_output = {name: node for node in graph.node for name in node.output}
     found = set()
     for value in graph.output:
@@ -177,7 +179,7 @@ def _final_softmax_outputs(graph: onnx.GraphProto, info: GraphInfo) -> set[str]:
             and (info.consumers.get(node.input[0], 0) == 1)
         ):
             node = by_output.get(node.input[0])
-        if node is None or node.op_type not in SOFTMAX_OPS:
+        if node is None or node.op_type not in PROBABILITY_OPS:
             continue
         if info.consumers.get(node.output[0], 0) <= 1:
             found.add(node.output[0])
@@ -237,7 +239,7 @@ def onnx_to_torch(model: onnx.ModelProto) -> OnnxModule:
         _node_modules(graph, info) + _constant_outputs(graph, info),
         input_names=[value.name for value in graph.input],
         output_names=[value.name for value in graph.output],
-        final_softmax_outputs=_final_softmax_outputs(graph, info),
+        final_probability_outputs=_final_probability_outputs(graph, info),
         opset=info.opset,
     )
     _record_origins(module, info)

@@ -18,6 +18,9 @@ HANDLERS: dict[str, Handler] = {}
 """ONNX op type -> handler building the module for one node. Adding an op is one entry."""
 
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
+#: Final ops a trainer skips to train on logits (cross-entropy, or binary cross-entropy for
+#: one sigmoid unit).
+PROBABILITY_OPS = SOFTMAX_OPS | {"Sigmoid"}
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 
