@@ -249,6 +249,10 @@ HOW_IT_WORKS = [
     "- The fine-tune column is one epoch at the given lr with no schedule and no epoch "
     "choice, so it can lower an already reconstructed model (Spambase at k = 40/60: the "
     "MLP's 3,681 training rows give ~58 Adam steps at lr 1e-3).",
+    "- The fine-tune recipe is too hot for the ResNet-20: its BatchNorms are folded into the "
+    "convs in ONNX, and one epoch of Adam at lr 1e-3 takes even the unpruned model from "
+    "65.4% to 42.6%. At lr 1e-4 the reconstructed model keeps its accuracy (k = 40: 60.6% "
+    "-> 60.9%), so a ResNet's fine-tune wants a low lr or `--schedule cosine --warmup`.",
     "- One test split of Spambase has 921 rows (a standard error of ~0.8 point near 94%), "
     "so [recovery-splits.md](recovery-splits.md) repeats its rows over 5 splits x 2 "
     "fine-tune seeds (`benchmarks/recovery_splits.py`). The gap to L1 after the fine-tune is "
