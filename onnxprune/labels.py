@@ -34,6 +34,8 @@ def resolve_labels(labels: np.ndarray, width: int | None) -> tuple[Task, np.ndar
     """(task, labels) for a model whose first output has ``width`` values per sample
     (None: unknown); class labels come back as int64 indices."""
     labels = np.asarray(labels)
+    if labels.dtype == np.bool_:  # a pandas/boolean mask column: classes 0 and 1
+        labels = labels.astype(np.int64)
     if np.issubdtype(labels.dtype, np.integer) and not is_one_hot(labels):
         return "classification", labels
     if is_one_hot(labels) and width in (None, labels.shape[1]):

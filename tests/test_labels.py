@@ -33,6 +33,12 @@ def test_one_hot_rows_become_class_indices():
     np.testing.assert_array_equal(labels, CLASSES)
 
 
+def test_boolean_labels_are_classes_zero_and_one():
+    task, labels = resolve_labels(np.array([True, False, True]), 2)
+    assert task == "classification"
+    assert labels.dtype == np.int64 and labels.tolist() == [1, 0, 1]
+
+
 def test_whole_floats_index_a_multi_column_output():
     task, labels = resolve_labels(CLASSES.astype(np.float32), 10)
     assert task == "classification"
