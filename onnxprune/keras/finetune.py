@@ -37,9 +37,7 @@ def _activation(model: Any) -> str:
     layer = model.outputs[0]._keras_history[0]
     if type(layer).__name__ == "Softmax":
         return "softmax"
-    if type(layer).__name__ == "Activation" or hasattr(layer, "activation"):
-        return getattr(getattr(layer, "activation", None), "__name__", "")
-    return ""
+    return getattr(getattr(layer, "activation", None), "__name__", "")
 
 
 def ends_with_softmax(model: Any) -> bool:
