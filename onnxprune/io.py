@@ -240,7 +240,9 @@ def _pick_labels(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def _check_finite(array: np.ndarray, name: str, chunk_bytes: int = 64 * 2**20) -> None:
+def _check_finite(
+    array: np.ndarray, name: str, chunk_bytes: int = 64 * 2**20, what: str = "data for input"
+) -> None:
     """Scan in ~64 MB slices so a memory-mapped file is never read into RAM whole."""
     if not np.issubdtype(array.dtype, np.floating):
         return
@@ -248,7 +250,7 @@ def _check_finite(array: np.ndarray, name: str, chunk_bytes: int = 64 * 2**20) -
     for start in range(0, len(array), chunk):
         if not np.isfinite(array[start : start + chunk]).all():
             raise DataError(
-                f"data for input '{name}' contains NaN or inf values "
+                f"{what} '{name}' contains NaN or inf values "
                 "(missing values are not imputed here: fill them in first)"
             )
 
@@ -287,6 +289,8 @@ def load_data(
     labels = _pick_labels(arrays)
     if labels is not None and len(labels) != counts.pop():
         raise DataError(f"labels 'y' have {len(labels)} rows but inputs have a different count")
+    if labels is not None and check_finite:
+        _check_finite(labels, "y", what="labels")
     if require_labels and labels is None:
         raise DataError(f"labelled data needs a 'y' array: {source}")
     return Dataset(inputs, specs, labels, source)

@@ -73,6 +73,9 @@ def _cases(workdir: Path) -> dict[str, tuple[list, int, str]]:
     nan = np.zeros((4, 1, 28, 28), np.float32)
     nan[2, 0, 0, 0] = np.nan
     np.savez(workdir / "nan.npz", x=nan)
+    labels = np.zeros(4, np.float32)
+    labels[1] = np.nan
+    np.savez(workdir / "nan_y.npz", x=np.zeros((4, 1, 28, 28), np.float32), y=labels)
     np.savez(workdir / "small.npz", x=np.zeros((4, 1, 14, 14), np.float32))
     (workdir / "exists.onnx").write_bytes(b"keep")
     sweep = ["sweep", "ocnna", model, "--k", "20,40", "--data", dvar, "--eval", test]
@@ -131,6 +134,11 @@ def _cases(workdir: Path) -> dict[str, tuple[list, int, str]]:
             4,
             "NaN",
         ),
+        "ocnna NaN labels": (
+            ["ocnna", model, "--data", dvar, "--eval", workdir / "nan_y.npz"],
+            4,
+            "labels 'y' contains NaN",
+        ),
         "sweep eval shape": (
             ["sweep", "ocnna", model, "--data", dvar, "--eval", workdir / "small.npz"],
             4,
@@ -169,6 +177,7 @@ def _cases(workdir: Path) -> dict[str, tuple[list, int, str]]:
         "quantize calibration 0",
         "sweep truncated",
         "sweep NaN",
+        "ocnna NaN labels",
         "sweep eval shape",
         "sweep no data",
         "ocnna --quantize exists",
