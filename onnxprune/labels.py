@@ -5,7 +5,8 @@ Integer labels are classes. Users also bring classes in two other forms: one-hot
 exports). Both are read as classes when the model's first output has one column per
 class; any other float labels are regression targets, which must then have as many
 values per sample as the output. A classifier with one output unit is binary (classes 0
-and 1, its score thresholded at ``binary_threshold``).
+and 1, its score thresholded at ``binary_threshold``); behind a Sigmoid, float labels of
+only 0 and 1 are its classes too.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ def is_one_hot(labels: np.ndarray) -> bool:
     return bool(np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all())
 
 
-def resolve_labels(labels: np.ndarray, width: int | None) -> tuple[Task, np.ndarray]:
+def resolve_labels(
+    labels: np.ndarray, width: int | None, sigmoid_unit: bool = False
+) -> tuple[Task, np.ndarray]:
     """(task, labels) for a model whose first output has ``width`` values per sample
-    (None: unknown); class labels come back as int64 indices."""
+    (None: unknown); class labels come back as int64 indices. ``sigmoid_unit``: the model
+    is one unit behind a Sigmoid, so float labels of only 0 and 1 are its two classes."""
     labels = np.asarray(labels)
     if labels.dtype == np.bool_:  # a pandas/boolean mask column: classes 0 and 1
         labels = labels.astype(np.int64)
@@ -41,6 +45,8 @@ def resolve_labels(labels: np.ndarray, width: int | None) -> tuple[Task, np.ndar
     if is_one_hot(labels) and width in (None, labels.shape[1]):
         return "classification", labels.argmax(axis=1).astype(np.int64)
     flat = labels.reshape(len(labels), -1)
+    if sigmoid_unit and width == 1 and flat.shape[1] == 1 and np.isin(flat, (0, 1)).all():
+        return "classification", flat[:, 0].astype(np.int64)
     if (
         width is not None
         and width > 1
@@ -83,7 +89,9 @@ def output_width(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64)
 
 def labelled_for(model: onnx.ModelProto, dataset: Dataset) -> tuple[Task, Dataset]:
     """``dataset``'s task for ``model``, with class labels as int64 indices."""
-    task, labels = resolve_labels(np.asarray(dataset.labels), output_width(model, dataset))
+    width = output_width(model, dataset)
+    sigmoid_unit = width == 1 and binary_threshold(model) == 0.5
+    task, labels = resolve_labels(np.asarray(dataset.labels), width, sigmoid_unit)
     if labels is dataset.labels:
         return task, dataset
     resolved = copy.copy(dataset)

@@ -144,7 +144,9 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> 
     outputs = predict(model, dataset, batch_size)
     scores = outputs.reshape(len(outputs), -1)
     label_output = np.issubdtype(outputs.dtype, np.integer) and scores.shape[1] == 1
-    task, labels = resolve_labels(dataset.labels, None if label_output else scores.shape[1])
+    width = None if label_output else scores.shape[1]
+    sigmoid_unit = width == 1 and binary_threshold(model) == 0.5
+    task, labels = resolve_labels(dataset.labels, width, sigmoid_unit)
     if task == "classification":
         if label_output:
             predicted = scores[:, 0]

@@ -74,9 +74,13 @@ def test_accuracy_thresholds_the_score_of_one_unit(sigmoid):
     assert binary_threshold(model) == (0.5 if sigmoid else 0.0)
     score = run(model, {"features": data["x_test"]})[0][:, 0]
     manual = float(((score > binary_threshold(model)) == data["y_test"]).mean())
-    dataset = load_data({"x": data["x_test"], "y": data["y_test"]}, input_specs(model))
+    specs = input_specs(model)
+    dataset = load_data({"x": data["x_test"], "y": data["y_test"]}, specs)
     assert evaluate(model, dataset) == {"accuracy": manual}
     assert manual > 0.85  # argmax over one column would say 0 for all: ~0.6
+    floats = load_data({"x": data["x_test"], "y": data["y_test"].astype(np.float32)}, specs)
+    # float 0/1 labels: the classes of a Sigmoid unit; targets of a logit (MSE)
+    assert set(evaluate(model, floats)) == ({"accuracy"} if sigmoid else {"mse"})
 
 
 def test_ocnna_reports_a_binary_classifiers_accuracy_and_finetunes_it():
