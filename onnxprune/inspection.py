@@ -10,7 +10,7 @@ import onnx
 from .graph.rules.base import constant
 from .io import DataLike
 from .metrics import count_params, layer_macs
-from .pipeline import first_feed, prepare, zeros_feed
+from .pipeline import first_feed, frozen_hint, prepare, zeros_feed
 
 
 def _node_params(node) -> int:
@@ -62,6 +62,8 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
         "flops": 2 * int(sum(macs.values())),
         "groups": groups,
         "prunable_groups": sum(1 for g in groups if g["prunable"]),
+        # why nothing can be pruned (no layer, already quantized, every group frozen)
+        "nothing_prunable": None if analysis.prunable() else frozen_hint(analysis).strip(" ()"),
         "conv_params_prunable_ratio": conv_prunable / conv_total if conv_total else 0.0,
     }
 
@@ -98,3 +100,5 @@ def print_inspection(info: dict) -> None:
         f"{info['prunable_groups']}/{len(info['groups'])}  conv params in prunable "
         f"groups {100 * info['conv_params_prunable_ratio']:.1f}%"
     )
+    if info.get("nothing_prunable"):
+        console.print(f"nothing to prune: {info['nothing_prunable']}")

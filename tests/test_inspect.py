@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import build, random_feeds
+from cli_runs import SAMPLES
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -96,3 +97,21 @@ def test_inspect_says_which_groups_a_grouped_conv_prunes_equally(tmp_path):
     runner = CliRunner(env={"COLUMNS": "200"})
     table = runner.invoke(main, ["inspect", str(path)], catch_exceptions=False)
     assert "yes, equally in 2 conv groups" in table.stdout
+
+
+def test_inspect_says_why_an_int8_model_has_nothing_to_prune(tmp_path):
+    """A QDQ model's layers read DequantizeLinear outputs: no groups, and the reason."""
+    quantized = tmp_path / "int8.onnx"
+    runner = CliRunner(env={"COLUMNS": "200"})
+    made = runner.invoke(
+        main,
+        ["quantize", str(SAMPLES / "mnist_cnn.onnx"), "--data", str(SAMPLES / "mnist_dvar.npz"),
+         "-o", str(quantized), "--quiet"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    info = inspect(quantized)
+    assert info["groups"] == [] and "already quantized" in info["nothing_prunable"]
+    assert inspect(SAMPLES / "mnist_cnn.onnx")["nothing_prunable"] is None
+    table = runner.invoke(main, ["inspect", str(quantized)], catch_exceptions=False)
+    assert table.exit_code == 0 and "nothing to prune: it is already quantized" in table.stdout
