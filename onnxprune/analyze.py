@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .errors import ParameterError
 from .graph.channel_graph import ChannelGraph, Source
 from .graph.groups import ChannelGroup, build_groups
 from .graph.rules import rule_for
@@ -33,6 +36,20 @@ class Analysis:
 
     def prunable(self, convs_only: bool = False) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable and (not convs_only or g.kind == "conv")]
+
+    def keep_layers(self, patterns: Sequence[str]) -> None:
+        """Freeze every group with a layer named by one of ``patterns`` (shell-style, as
+        ``onnxprune inspect`` lists the names): the user's sensitive layers stay whole."""
+        for pattern in patterns:
+            matched = [
+                g for g in self.groups if any(fnmatchcase(s.name, pattern) for s in g.sources)
+            ]
+            if not matched:
+                raise ParameterError(
+                    f"--keep '{pattern}' names no layer (`onnxprune inspect MODEL` lists them)"
+                )
+            for group in matched:
+                group.frozen_reason = group.frozen_reason or f"kept by --keep '{pattern}'"
 
     def frozen(self) -> list[ChannelGroup]:
         return [g for g in self.groups if not g.prunable]

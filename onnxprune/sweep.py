@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -195,13 +195,15 @@ def sweep_ocnna(
     quantize: bool = False,
     keep_models: bool = False,
     workers: int = 1,
+    keep: Sequence[str] = (),
 ) -> SweepResult:
     """OCNNA at every k in ``ks``: one scoring pass, then select / rewrite / verify / evaluate.
 
     With ``finetune_data`` every pruned model is also fine-tuned (``epochs``, ``lr``), with
     ``quantize`` also quantized to INT8 (calibrated on ``data``); the quality of each goes
     in the table. ``keep_models`` returns the (fine-tuned) float model of every k;
-    ``workers`` > 1 scores in that many processes (as ``onnxprune.ocnna``).
+    ``workers`` > 1 scores in that many processes and ``keep`` keeps layers whole (as
+    ``onnxprune.ocnna``).
     """
     ks = sorted({check_k(k) for k in ks})
     if not ks:
@@ -221,6 +223,7 @@ def sweep_ocnna(
         seed=seed,
         compensate=compensate,
         workers=workers,
+        keep=keep,
     )
     if reconstruct is None:  # as prune_scored decides it
         reconstruct = scored.dataset is not None

@@ -138,6 +138,13 @@ ocnna_options = options(
         "original (--no-reconstruct --no-compensate: OCNNA exactly as the paper).",
     ),
     click.option(
+        "--keep",
+        multiple=True,
+        metavar="LAYER",
+        help="Keep the channel group of this layer whole (a name as `onnxprune inspect` "
+        "lists it, or a shell pattern such as '/features.0/*'); repeatable.",
+    ),
+    click.option(
         "--workers",
         type=int,
         default=1,

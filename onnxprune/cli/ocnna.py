@@ -86,6 +86,7 @@ def ocnna(
     round_to,
     compensate,
     reconstruct,
+    keep,
     workers,
     finetune_data,
     epochs,
@@ -131,6 +132,7 @@ def ocnna(
         reconstruct=reconstruct,
         memory_budget=memory_budget,
         workers=workers,
+        keep=keep,
     )
     if finetune_data is not None and not finetune_pruned(
         result,

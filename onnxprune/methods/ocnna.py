@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +81,7 @@ def ocnna(
     reconstruct: bool | None = None,
     memory_budget: float | None = None,
     workers: int = 1,
+    keep: Sequence[str] = (),
 ) -> PruneResult:
     """Prune ``model`` with OCNNA (or a baseline criterion) at percentile ``k``.
 
@@ -92,7 +94,8 @@ def ocnna(
     the paper defines it (weights only sliced). ``memory_budget`` (MB)
     caps the activations observation holds at once (passes over truncated graphs).
     ``workers`` > 1 scores D_var in that many spawned processes (identical results; a
-    script calling this needs the usual ``if __name__ == "__main__":`` guard).
+    script calling this needs the usual ``if __name__ == "__main__":`` guard). ``keep``:
+    shell-style patterns of layer names whose groups stay whole (sensitive layers).
     """
     k = check_k(k)
     if round_to < 1:
@@ -109,6 +112,7 @@ def ocnna(
         compensate=compensate,
         memory_budget=memory_budget,
         workers=workers,
+        keep=keep,
     )
     return prune_scored(scored, k, round_to, reconstruct=reconstruct)
 
@@ -126,6 +130,7 @@ def score_model(
     compensate: bool = True,
     memory_budget: float | None = None,
     workers: int = 1,
+    keep: Sequence[str] = (),
 ) -> Scored:
     """Load, analyze and score every prunable channel once (the part independent of k)."""
     if batch_size < 1:
@@ -143,6 +148,7 @@ def score_model(
     if eval_data is not None:  # checked before any work starts
         eval_set = load_data(eval_data, input_specs(original), require_labels=True)
     _, analysis, dataset = prepare(original, data)
+    analysis.keep_layers(keep)
     groups = analysis.prunable(convs_only)
     if not groups:
         if convs_only and analysis.prunable():
@@ -172,6 +178,7 @@ def score_model(
         "batch_size": batch_size,
         "device": device,
         "workers": workers_for(dataset, batch_size, workers) if observed else 1,
+        "keep": list(keep),
     }
     return Scored(model, analysis, dataset, eval_set, groups, scores, means, settings, timings)
 
@@ -221,6 +228,7 @@ def prune_scored(
         "round_to": round_to,
         "compensate": settings["compensate"],
         "reconstruct": reconstruct,
+        "keep": settings.get("keep", []),
     }
     model = scored.model_arg
     report = build_report("ocnna", parameters, model, analysis, pruned, masks, scores, feed)
