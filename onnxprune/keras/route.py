@@ -73,7 +73,8 @@ def ocnna(
     """``onnxprune.ocnna`` on a Keras model (path or in-memory), plus the pruned Keras model.
 
     ``options`` are ``onnxprune.ocnna``'s (eval_data, criterion, convs_only, batch_size,
-    device, seed, compensate, memory_budget).
+    device, seed, compensate, memory_budget, workers, keep: ONNX layer names as
+    ``onnxprune inspect`` lists them).
     """
     if round_to < 1:
         raise ParameterError(f"round-to must be at least 1, got {round_to}")
