@@ -4,10 +4,11 @@ merge what they learn exactly.
 What a criterion keeps is per sample (OCNNA's F rows: concatenated in shard order), an
 integer count (APoZ: added), or running moments (compensation means, ODF2NNA, OCNNA's F
 past FROBENIUS_BYTES) whose per-chunk updates a worker logs and the coordinator replays in
-shard order. Shards start on batch boundaries, so every worker feeds onnxruntime the very
-batches one process would: the merged state, the scores and the pruned model are
-bit-identical to ``workers=1``. Processes are spawned (fork is unsafe under onnxruntime's
-threads) and each gets its share of the cores, so N workers do not oversubscribe them.
+shard order (each accumulator's ``shard_twin`` / ``merge_shard``). Shards start on batch
+boundaries, so every worker feeds onnxruntime the very batches one process would: the
+merged state, the scores and the pruned model are bit-identical to ``workers=1``.
+Processes are spawned (fork is unsafe under onnxruntime's threads) and each gets its share
+of the cores, so N workers do not oversubscribe them.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ import onnx
 from . import progress
 from .errors import OnnxPruneError, ParameterError
 from .images import ImageFolder, Transform
-from .importance.apoz import NonZeroAccumulator
 from .importance.base import ChannelAccumulator
-from .importance.ocnna import OCNNAAccumulator
-from .importance.odf2nna import MomentsAccumulator
 from .io import Dataset, InputSpec
 from .observe import Sinks, limit_threads, observe, scoring_threads
 
@@ -57,59 +55,6 @@ def workers_for(dataset: Dataset | None, batch_size: int, workers: int) -> int:
     if dataset is None:
         return 1
     return len(shard_bounds(len(dataset), dataset.batch_size(batch_size), workers))
-
-
-class MomentsLog(MomentsAccumulator):
-    """A worker's moments: each chunk's (count, mean, M2) logged in order, not combined,
-    so the coordinator can replay them after the earlier shards' (bit-identical)."""
-
-    def __init__(self, num_channels: int) -> None:
-        super().__init__(num_channels)
-        self.chunks: list[tuple[int, np.ndarray, np.ndarray]] = []
-
-    def combine(self, nb: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
-        self.chunks.append((nb, mean_b, m2_b))
-
-    def replay(self, target: MomentsAccumulator) -> None:
-        for chunk in self.chunks:
-            target.combine(*chunk)
-
-
-def _blank(accumulator: ChannelAccumulator) -> ChannelAccumulator:
-    """An empty worker-side twin of ``accumulator``; refuses what cannot merge exactly."""
-    kind = type(accumulator)
-    if kind is MomentsAccumulator:
-        return MomentsLog(accumulator.num_channels)
-    if kind is NonZeroAccumulator:
-        return NonZeroAccumulator(accumulator.num_channels)
-    if kind is OCNNAAccumulator:
-        keep = accumulator.moments is None
-        twin = OCNNAAccumulator(
-            accumulator.num_channels, accumulator.chunk_size, accumulator.device, keep
-        )
-        if not keep:
-            twin.moments = MomentsLog(accumulator.num_channels)
-        return twin
-    raise ParameterError(
-        f"{kind.__name__} cannot be merged exactly across worker processes: use --workers 1"
-    )
-
-
-def _merge(target: ChannelAccumulator, part: ChannelAccumulator) -> None:
-    """Fold a worker's ``part`` (from _blank, then observed) into ``target``, in order."""
-    if isinstance(part, MomentsLog):
-        assert isinstance(target, MomentsAccumulator)
-        part.replay(target)
-    elif isinstance(part, NonZeroAccumulator):
-        assert isinstance(target, NonZeroAccumulator)
-        target.merge(part)
-    else:
-        assert isinstance(part, OCNNAAccumulator) and isinstance(target, OCNNAAccumulator)
-        if isinstance(part.moments, MomentsLog):
-            assert target.moments is not None
-            part.moments.replay(target.moments)
-        else:
-            target.update_frobenius(part.frobenius)
 
 
 @dataclass(frozen=True)
@@ -252,7 +197,7 @@ def observe_sharded(
     if len(bounds) == 1 or not sinks:
         observe(model, dataset, sinks, batch_size, "cpu", description, memory_budget)
         return
-    blanks = {name: (axis, [_blank(a) for a in accs]) for name, (axis, accs) in sinks.items()}
+    blanks = {name: (axis, [a.shard_twin() for a in accs]) for name, (axis, accs) in sinks.items()}
     payload = model.SerializeToString()
     threads = max(1, scoring_threads() // len(bounds))
     budget = None if memory_budget is None else memory_budget / len(bounds)
@@ -264,4 +209,4 @@ def observe_sharded(
     for filled in _run(jobs, label):
         for name, (_, parts) in filled.items():
             for target, part in zip(sinks[name][1], parts, strict=True):
-                _merge(target, part)
+                target.merge_shard(part)

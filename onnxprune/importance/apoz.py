@@ -31,10 +31,14 @@ class NonZeroAccumulator(ChannelAccumulator):
         self._nonzero += np.count_nonzero(x, axis=(0, 2))
         self.count += n * x.shape[2]
 
-    def merge(self, other: NonZeroAccumulator) -> None:
-        """Add another shard's counts: integers, so exact in any order."""
-        self._nonzero += other._nonzero
-        self.count += other.count
+    def shard_twin(self) -> NonZeroAccumulator:
+        return NonZeroAccumulator(self.num_channels)
+
+    def merge_shard(self, part: ChannelAccumulator) -> None:
+        """Add a shard's counts: integers, so exact in any order."""
+        assert isinstance(part, NonZeroAccumulator)
+        self._nonzero += part._nonzero
+        self.count += part.count
 
     @property
     def apoz(self) -> np.ndarray:

@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from onnxprune.errors import ParameterError
+
 
 class ChannelAccumulator(ABC):
     """Per-watched-tensor streaming state of a criterion."""
@@ -25,6 +27,20 @@ class ChannelAccumulator(ABC):
     @abstractmethod
     def scores(self) -> np.ndarray:
         """Importance per channel, shape (C,), float64, finite."""
+
+    def shard_twin(self) -> ChannelAccumulator:
+        """An empty accumulator a worker process fills from one shard of the samples
+        (``--workers``); ``merge_shard`` folds it back. State without an exact merge
+        is refused rather than merged approximately."""
+        raise ParameterError(
+            f"{type(self).__name__} cannot be merged exactly across worker processes: "
+            "use --workers 1"
+        )
+
+    def merge_shard(self, part: ChannelAccumulator) -> None:
+        """Fold in a filled ``shard_twin``; shards merged in order leave this state bit
+        for bit as one process observing every sample would."""
+        raise NotImplementedError
 
 
 class Importance(ABC):

@@ -287,8 +287,22 @@ class OCNNAAccumulator(ChannelAccumulator):
         self.chunk_size = chunk_size
         self.device = device
         self._parts: list[np.ndarray] = []
-        # None while F is kept; a shard worker swaps in a log of its chunks (shards.py)
         self.moments = None if keep_frobenius else MomentsAccumulator(num_channels)
+
+    def shard_twin(self) -> OCNNAAccumulator:
+        keep = self.moments is None
+        twin = OCNNAAccumulator(self.num_channels, self.chunk_size, self.device, keep)
+        if not keep:
+            twin.moments = self.moments.shard_twin()
+        return twin
+
+    def merge_shard(self, part: ChannelAccumulator) -> None:
+        """A shard's F rows go after the earlier shards' (or its moments are replayed)."""
+        assert isinstance(part, OCNNAAccumulator)
+        if self.moments is not None:
+            self.moments.merge_shard(part.moments)
+        else:
+            self.update_frobenius(part.frobenius)
 
     def update(self, activation: np.ndarray) -> None:
         activation = np.asarray(activation)

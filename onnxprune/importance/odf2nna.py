@@ -69,6 +69,15 @@ class MomentsAccumulator(ChannelAccumulator):
         self._m2 += m2_b + delta * delta * (self.count * nb / total)
         self.count = total
 
+    def shard_twin(self) -> MomentsLog:
+        return MomentsLog(self.num_channels)
+
+    def merge_shard(self, part: ChannelAccumulator) -> None:
+        """Replay a shard's logged chunks: the very combines one process would make."""
+        assert isinstance(part, MomentsLog)
+        for chunk in part.chunks:
+            self.combine(*chunk)
+
     def _require_data(self) -> None:
         if self.count == 0:
             raise DataError("ODF2NNA needs at least one observed sample per unit")
@@ -87,6 +96,18 @@ class MomentsAccumulator(ChannelAccumulator):
 
     def scores(self) -> np.ndarray:
         return self.std
+
+
+class MomentsLog(MomentsAccumulator):
+    """A worker's moments: each chunk's (count, mean, M2) logged in order, not combined,
+    so the coordinator replays them after the earlier shards' (bit-identical)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__(num_channels)
+        self.chunks: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def combine(self, nb: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        self.chunks.append((nb, mean_b, m2_b))
 
 
 class ODF2NNA(Importance):
