@@ -70,14 +70,35 @@ def resolve_labels(
 _VALUE_PRESERVING = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 
 
-def binary_threshold(model: onnx.ModelProto) -> float:
-    """Where a one-unit binary classifier's first output turns to class 1: 0.5 after a
-    final Sigmoid (probabilities), else 0 (a logit)."""
+def ends_in_sigmoid(model: onnx.ModelProto) -> bool:
+    """True when the first output is a Sigmoid's (probabilities), through value-preserving
+    ops."""
     producers = {name: node for node in model.graph.node for name in node.output}
     node = producers.get(model.graph.output[0].name)
     while node is not None and node.op_type in _VALUE_PRESERVING:
         node = producers.get(node.input[0])
-    return 0.5 if node is not None and node.op_type == "Sigmoid" else 0.0
+    return node is not None and node.op_type == "Sigmoid"
+
+
+def binary_threshold(model: onnx.ModelProto) -> float:
+    """Where a one-unit binary classifier's first output turns to class 1: 0.5 after a
+    final Sigmoid (probabilities), else 0 (a logit)."""
+    return 0.5 if ends_in_sigmoid(model) else 0.0
+
+
+def model_labels(
+    model: onnx.ModelProto, labels: np.ndarray, width: int | None
+) -> tuple[Task, np.ndarray]:
+    """``resolve_labels`` for ``model``, whose first output has ``width`` values per sample."""
+    return resolve_labels(labels, width, width == 1 and ends_in_sigmoid(model))
+
+
+def predicted_classes(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The class of each row of (N, C) scores: the largest, or for one unit (a binary
+    classifier) 1 where the score is above ``threshold``."""
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > threshold).astype(np.int64)
+    return scores.argmax(axis=1)
 
 
 def output_width(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> int:
@@ -87,13 +108,19 @@ def output_width(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64)
     return int(np.prod(outputs.shape[1:], dtype=np.int64))
 
 
-def labelled_for(model: onnx.ModelProto, dataset: Dataset) -> tuple[Task, Dataset]:
-    """``dataset``'s task for ``model``, with class labels as int64 indices."""
-    width = output_width(model, dataset)
-    sigmoid_unit = width == 1 and binary_threshold(model) == 0.5
-    task, labels = resolve_labels(np.asarray(dataset.labels), width, sigmoid_unit)
-    if labels is dataset.labels:
-        return task, dataset
-    resolved = copy.copy(dataset)
-    resolved.labels = labels
+def labelled_for(
+    model: onnx.ModelProto, train: Dataset, *others: Dataset | None
+) -> tuple[Task, list[Dataset | None]]:
+    """The task ``train``'s labels give ``model``, and ``train`` and ``others`` with class
+    labels as int64 indices (one probe run of the model for all of them)."""
+    width = output_width(model, train)
+    task, _ = model_labels(model, np.asarray(train.labels), width)
+    resolved: list[Dataset | None] = []
+    for dataset in (train, *others):
+        if dataset is not None:
+            labels = model_labels(model, np.asarray(dataset.labels), width)[1]
+            if labels is not dataset.labels:
+                dataset = copy.copy(dataset)
+                dataset.labels = labels
+        resolved.append(dataset)
     return task, resolved

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from .graph.shapes import probe_shapes
 from .io import Dataset
-from .labels import binary_threshold, resolve_labels
+from .labels import binary_threshold, model_labels, predicted_classes
 from .observe import predict
 
 FLOAT_TYPES = {
@@ -144,16 +144,12 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, batch_size: int = 64) -> 
     outputs = predict(model, dataset, batch_size)
     scores = outputs.reshape(len(outputs), -1)
     label_output = np.issubdtype(outputs.dtype, np.integer) and scores.shape[1] == 1
-    width = None if label_output else scores.shape[1]
-    sigmoid_unit = width == 1 and binary_threshold(model) == 0.5
-    task, labels = resolve_labels(dataset.labels, width, sigmoid_unit)
+    task, labels = model_labels(model, dataset.labels, None if label_output else scores.shape[1])
     if task == "classification":
         if label_output:
             predicted = scores[:, 0]
-        elif scores.shape[1] == 1:  # one unit: a binary classifier
-            predicted = (scores[:, 0] > binary_threshold(model)).astype(np.int64)
         else:
-            predicted = scores.argmax(axis=1)
+            predicted = predicted_classes(scores, binary_threshold(model))
         return {"accuracy": float((predicted == labels.reshape(-1)).mean())}
     error = scores - labels.reshape(scores.shape)
     return {"mse": float(np.mean(np.square(error, dtype=np.float64)))}

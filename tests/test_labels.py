@@ -82,7 +82,7 @@ def test_evaluate_gives_the_same_accuracy_for_every_form_of_the_classes(form):
 def test_labelled_for_leaves_the_callers_dataset_alone():
     model, x, y = mnist_subset(64)
     dataset = load_data({"x": x, "y": np.eye(10, dtype=np.float32)[y]}, input_specs(model))
-    task, resolved = labelled_for(model, dataset)
+    task, (resolved,) = labelled_for(model, dataset)
     assert task == "classification"
     np.testing.assert_array_equal(resolved.labels, y)
     assert dataset.labels.shape == (64, 10)

@@ -145,9 +145,7 @@ def finetune(
     specs = input_specs(original)
     train_set = load_data(train_data, specs, require_labels=True)
     eval_set = None if eval_data is None else load_data(eval_data, specs, require_labels=True)
-    task, train_set = labelled_for(original, train_set)
-    if eval_set is not None:
-        eval_set = labelled_for(original, eval_set)[1]
+    task, (train_set, eval_set) = labelled_for(original, train_set, eval_set)
     settings = {
         "epochs": epochs,
         "lr": lr,

@@ -20,7 +20,7 @@ import onnx
 from .. import progress
 from ..errors import DataError, ParameterError
 from ..io import DataLike, Dataset, input_specs, load_data
-from ..labels import labelled_for
+from ..labels import labelled_for, predicted_classes
 from ..metrics import count_params, evaluate
 from ..report import carry_metadata
 from ..verify import verify
@@ -104,6 +104,7 @@ def _training_data(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> 
 def _measure(model: Any, dataset: Dataset, task: str, loss: Any) -> tuple[float, float]:
     """(accuracy or MSE, mean loss) of the Keras model on a labelled dataset."""
     labels = np.asarray(dataset.labels)
+    threshold = 0.5 if _activation(model) == "sigmoid" else 0.0  # for one binary unit
     metric_sum = loss_sum = 0.0
     for start in range(0, len(dataset), EVAL_BATCH_SIZE):
         index = np.arange(start, min(start + EVAL_BATCH_SIZE, len(dataset)))
@@ -114,12 +115,7 @@ def _measure(model: Any, dataset: Dataset, task: str, loss: Any) -> tuple[float,
         loss_sum += float(loss(y, out)) * len(index)
         out = np.asarray(out)
         if task == "classification":
-            scores = out.reshape(len(index), -1)
-            if scores.shape[1] == 1:  # one unit: a binary classifier
-                threshold = 0.5 if _activation(model) == "sigmoid" else 0.0
-                predicted = (scores[:, 0] > threshold).astype(np.int64)
-            else:
-                predicted = scores.argmax(axis=1)
+            predicted = predicted_classes(out.reshape(len(index), -1), threshold)
             metric_sum += float((predicted == y.reshape(-1)).sum())
         else:
             error = out.reshape(y.shape).astype(np.float64) - y
@@ -171,9 +167,7 @@ def finetune_keras(
     specs = input_specs(reference)
     train_set = load_data(train_data, specs, require_labels=True)
     eval_set = None if eval_data is None else load_data(eval_data, specs, require_labels=True)
-    task, train_set = labelled_for(reference, train_set)
-    if eval_set is not None:
-        eval_set = labelled_for(reference, eval_set)[1]
+    task, (train_set, eval_set) = labelled_for(reference, train_set, eval_set)
     labels = np.asarray(train_set.labels)
     settings = {
         "framework": "keras",

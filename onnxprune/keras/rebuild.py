@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from ..analyze import Analysis
 from ..errors import ModelError
 from ..graph.rewrite import Plan
+from ..io import input_specs
 from ..verify import run
 from .channels import KerasGraph, input_mask, keras_graph, propagate
 from .layermap import (
@@ -228,9 +229,7 @@ def keras_outputs(model: Any, feed: dict[str, np.ndarray], names: list[str]) -> 
 def check_equal(model: Any, reference: onnx.ModelProto, feed: dict[str, np.ndarray]) -> None:
     """The Keras model must compute what the ONNX model computes (to TOLERANCE)."""
     expected = list(run(reference, feed).values())
-    initializers = {init.name for init in reference.graph.initializer}
-    names = [v.name for v in reference.graph.input if v.name not in initializers]
-    got = keras_outputs(model, feed, names)
+    got = keras_outputs(model, feed, [spec.name for spec in input_specs(reference)])
     for want, have in zip(expected, got):
         scale = max(1.0, float(np.abs(want).max()))
         error = float(np.abs(have.reshape(want.shape) - want).max()) / scale
