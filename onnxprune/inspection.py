@@ -10,7 +10,7 @@ import onnx
 from .graph.rules.base import constant
 from .io import DataLike
 from .metrics import count_params, layer_macs
-from .pipeline import first_feed, frozen_hint, prepare, zeros_feed
+from .pipeline import first_feed, nothing_to_prune, prepare, zeros_feed
 
 
 def _node_params(node) -> int:
@@ -63,7 +63,7 @@ def inspect(model: str | os.PathLike | onnx.ModelProto, data: DataLike | None = 
         "groups": groups,
         "prunable_groups": sum(1 for g in groups if g["prunable"]),
         # why nothing can be pruned (no layer, already quantized, every group frozen)
-        "nothing_prunable": None if analysis.prunable() else frozen_hint(analysis).strip(" ()"),
+        "nothing_prunable": None if analysis.prunable() else nothing_to_prune(analysis),
         "conv_params_prunable_ratio": conv_prunable / conv_total if conv_total else 0.0,
     }
 

@@ -122,17 +122,22 @@ QUANTIZED_OPS = {
 }
 
 
-def frozen_hint(analysis: Analysis) -> str:
-    """Why nothing can be pruned, said in the user's terms."""
+def nothing_to_prune(analysis: Analysis) -> str:
+    """Why no group can be pruned, said in the user's terms."""
     reasons = sorted({g.frozen_reason for g in analysis.groups if g.frozen_reason})
     if not analysis.groups:
         if any(node.op_type in QUANTIZED_OPS for node in analysis.model.graph.node):
             return (
-                " (it is already quantized: prune the float model, then quantize, e.g. "
-                "with --quantize int8)"
+                "it is already quantized: prune the float model, then quantize, e.g. "
+                "with --quantize int8"
             )
-        return " (it has no Conv, Gemm or MatMul layer)"
-    return f" (frozen: {reasons[0]})" if reasons else " (every group has a single channel)"
+        return "it has no Conv, Gemm or MatMul layer"
+    return f"frozen: {reasons[0]}" if reasons else "every group has a single channel"
+
+
+def frozen_hint(analysis: Analysis) -> str:
+    """``nothing_to_prune`` as a parenthesis for an error message."""
+    return f" ({nothing_to_prune(analysis)})"
 
 
 def before_after(

@@ -4,9 +4,8 @@ TensorFlow is imported here only, and only when a Keras model is given (the ``ke
 extra), so ONNX users never pay for it. tf2onnx's ``from_keras`` handles Keras 2 and, in
 tf2onnx 1.17, Keras 3 functional models; when it fails (a Keras 3 Sequential: KeyError on
 its output tensor name), the model goes through ``from_function`` on a tf.function with
-the model's input signature. The ONNX model keeps the Keras
-input/output names and a dynamic batch axis, so data files name inputs the way the Keras
-model does.
+the model's input signature. The ONNX model keeps the Keras input/output names and a
+dynamic batch axis, so data files name inputs the way the Keras model does.
 
 Keras 3 (TensorFlow 2.16+) traces Flatten / Reshape as ``Reshape(x, [shape(x)[0], ...])``:
 the target shape is computed from the tensor's shape, which would freeze every channel

@@ -55,8 +55,7 @@ class OnnxModule(nn.Module):
     Attributes: ``input_names`` / ``output_names`` (the ONNX ones, in order), ``opset``,
     ``ends_with_probabilities`` and ``return_logits`` (when True, a final Softmax,
     LogSoftmax or Sigmoid is skipped so a trainer can apply cross-entropy to logits), and
-    ``initializer_names``
-    (qualified parameter/buffer name -> ONNX initializer name).
+    ``initializer_names`` (qualified parameter/buffer name -> ONNX initializer name).
     """
 
     def __init__(

@@ -168,7 +168,10 @@ class TileRule(Rule):
         if layout is None:
             return
         repeats = int_list(node.inputs[1])
-        if repeats is None or len(repeats) <= layout.axis or repeats[layout.axis] != 1:
+        if repeats is None:
+            cg.freeze_inputs(node, f"Tile '{node.name}' has computed repeats")
+            return
+        if len(repeats) <= layout.axis or repeats[layout.axis] != 1:
             cg.freeze_inputs(node, f"Tile '{node.name}' repeats the channel axis")
             return
         cg.set_layout(node.outputs[0], layout)
@@ -188,7 +191,7 @@ class ExpandRule(Rule):
             cg.freeze_inputs(node, f"Expand '{node.name}' has a computed shape")
             return
         added = max(0, len(shape) - len(in_shape))
-        entry = layout.axis + len(shape) - len(in_shape)
+        entry = _expand_entry(layout.axis, len(in_shape), shape)
         if entry >= 0 and shape[entry] not in (1, layout.size):
             cg.freeze_inputs(node, f"Expand '{node.name}' broadcasts the channel axis")
             return
@@ -200,7 +203,13 @@ class ExpandRule(Rule):
             return
         layout = plan.cg.layout(node.inputs[0])
         shape = constant(node.inputs[1]).copy()
-        entry = layout.axis + len(shape) - len(plan.cg.shape(node.inputs[0]))
+        entry = _expand_entry(layout.axis, len(plan.cg.shape(node.inputs[0])), shape)
         if entry >= 0 and shape[entry] == layout.size:
             shape[entry] = int(keep.sum())
             node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_{node.name}_pruned", shape)
+
+
+def _expand_entry(axis: int, rank: int, shape) -> int:
+    """The entry of an Expand ``shape`` (right-aligned with the input) that meets the
+    input's channel ``axis``; negative when the shape is too short to reach it."""
+    return axis + len(shape) - rank
