@@ -228,7 +228,7 @@ def prune_scored(
         "round_to": round_to,
         "compensate": settings["compensate"],
         "reconstruct": reconstruct,
-        "keep": settings.get("keep", []),
+        "keep": settings["keep"],
     }
     model = scored.model_arg
     report = build_report("ocnna", parameters, model, analysis, pruned, masks, scores, feed)
@@ -240,7 +240,7 @@ def prune_scored(
         after = evaluate(pruned, scored.eval_set, settings["batch_size"])
         report.update({f"{m}_after": v for m, v in after.items()})
     report["samples"] = 0 if scored.dataset is None else len(scored.dataset)
-    report["workers"] = settings.get("workers", 1)  # processes that scored D_var
+    report["workers"] = settings["workers"]  # processes that scored D_var
     report["timings"] = timings
     stamp_provenance(pruned, report, model)
     return PruneResult(pruned, report, masks)
