@@ -338,6 +338,7 @@ def _pad(view: NodeView) -> nn.Module:
     return Pad(view)
 
 
+@handles("Tile")  # a class is a handler too: NodeView -> module
 class Tile(OpModule):
     """ONNX Tile: ``repeats`` copies along each axis (torch ``repeat``)."""
 
@@ -350,6 +351,7 @@ class Tile(OpModule):
         return x.repeat(*_runtime_list(repeats, self.repeats))
 
 
+@handles("Expand")
 class Expand(OpModule):
     """ONNX Expand: broadcast to ``shape``, where 1 keeps the input's extent (a dynamic
     batch stays dynamic) and extra leading axes are added."""
@@ -366,13 +368,3 @@ class Expand(OpModule):
         extra = len(dims) - x.dim()
         sizes = [d if i < extra or d != 1 else -1 for i, d in enumerate(dims)]
         return x.expand(*sizes)
-
-
-@handles("Tile")
-def _tile(view: NodeView) -> nn.Module:
-    return Tile(view)
-
-
-@handles("Expand")
-def _expand(view: NodeView) -> nn.Module:
-    return Expand(view)
