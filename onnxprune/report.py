@@ -102,7 +102,7 @@ def to_markdown(report: dict) -> str:
             names = ", ".join(f"`{n}`" for n in entry["layers"])
             lines.append(f"| {names} | {entry['channels']} | {entry['reason']} |")
     if report.get("recovery"):
-        lines += recovery_markdown(report["recovery"])
+        lines += recovery_markdown(report["recovery"], report.get("distill"))
     if report.get("layers_removed"):  # ODF2NNA: hidden layers left without units
         lines += ["", "## Hidden layers removed", "", "| layers | bridge | fit R² |"]
         lines += ["|---|---|---:|"]
@@ -158,17 +158,17 @@ def finetune_markdown(tuned: dict) -> list[str]:
     return lines
 
 
-def recovery_markdown(rows: list[dict]) -> list[str]:
-    """Per layer that lost inputs: compensated, refit, and its output error left on D_var."""
+def recovery_markdown(rows: list[dict], distill: dict | None = None) -> list[str]:
+    """Per layer that lost inputs: compensated, refit, and its output error left on D_var
+    (after distillation, when there was one)."""
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [
-        "",
-        "## Recovery",
-        "",
+    intro = (
         "Relative MSE of each layer's outputs against the original "
-        "model's on D_var (MSE / variance of the original outputs).",
-        "",
-    ]
+        "model's on D_var (MSE / variance of the original outputs)."
+    )
+    if distill:
+        intro += f" {distill_summary(distill)} 'Error after' is measured after it."
+    lines = ["", "## Recovery", "", intro, ""]
     lines += ["| layer | op | inputs kept | compensated | refit | error before | error after |"]
     lines += ["|---|---|---:|---|---|---:|---:|"]
     for row in rows:
@@ -265,6 +265,19 @@ def print_summary(report: dict, max_layers: int = 60) -> None:
     if refit:
         worst = max(row["error_after"] for row in refit)
         console.print(f"{len(refit)} layer(s) refit; largest output error left {worst:.4f}.")
+    if report.get("distill"):
+        console.print(distill_summary(report["distill"]))
+
+
+def distill_summary(distill: dict) -> str:
+    """One sentence on what --distill did."""
+    losses, best = distill["loss"], distill["best_epoch"]
+    kept = f"epoch {best} kept" if best else "no epoch improved on the refit, so it was kept"
+    return (
+        f"Distilled {distill['epochs']} epoch(s) on {distill['samples']} D_var samples "
+        f"({distill['layers']} layer outputs matched, lr {distill['lr']:g}): D_var loss "
+        f"{losses[0]:.4f} -> {losses[best]:.4f}, {kept}."
+    )
 
 
 def build_report(

@@ -336,6 +336,29 @@ OP_CASES = {
         {"x": f32(2, 3, 4, 5)},
         {"s": f32(3, seed=1), "b": f32(3, seed=2)},
     ),
+    "layernorm_last_axis": lambda: one_node(
+        "LayerNormalization",
+        ["x", "s", "b"],
+        {"x": f32(2, 5, 6)},
+        {"s": f32(6, seed=1), "b": f32(6, seed=2)},
+        epsilon=1e-3,
+    ),
+    "layernorm_from_axis1_no_bias": lambda: one_node(
+        "LayerNormalization",
+        ["x", "s"],
+        {"x": f32(2, 3, 4, 5)},
+        {"s": f32(3, 4, 5, seed=1)},
+        axis=1,
+    ),
+    "softsign": lambda: one_node("Softsign", ["x"], {"x": f32(2, 3, low=-5, high=5)}),
+    "mish_opset18": lambda: one_node("Mish", ["x"], {"x": f32(2, 3, low=-5, high=5)}, opset=18),
+    "sin": lambda: one_node("Sin", ["x"], {"x": f32(2, 3)}),
+    "cos": lambda: one_node("Cos", ["x"], {"x": f32(2, 3)}),
+    "sign": lambda: one_node("Sign", ["x"], {"x": f32(2, 3)}),
+    "round_half_even": lambda: one_node(
+        "Round", ["x"], {"x": np.array([[-2.5, -0.5, 0.5, 1.5, 2.5, 0.7]], np.float32)}
+    ),
+    "celu": lambda: one_node("Celu", ["x"], {"x": f32(2, 3, low=-3, high=3)}, alpha=0.5),
     "maxpool_ceil_dilated": lambda: one_node(
         "MaxPool",
         ["x"],

@@ -103,6 +103,30 @@ def test_zoo_model_prunes_to_a_valid_model(name, k):
         assert report["params_after"] < report["params_before"]
 
 
+# One of each op family the torch converter must train through: residual Adds, SE gates
+# with HardSwish, channel shuffle, Concat branches, LayerNorm (ConvNeXt).
+DISTILLED = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet")
+DISTILLED += ("convnext_tiny",)
+
+
+@pytest.mark.parametrize("name", DISTILLED)
+def test_zoo_model_distills_in_place(name):
+    """--distill converts the pruned model to torch, trains it and writes the weights back:
+    the graph is the refit one node for node, valid, and runs to the same shapes."""
+    scores, interface, shapes = scored(name)
+    refit, _ = prune_scored(scores, 40)
+    distilled, report = prune_scored(scores, 40, distill=1)
+    onnx.checker.check_model(distilled, full_check=True)
+    assert _interface(distilled) == interface
+    assert [(n.name, n.op_type) for n in distilled.graph.node] == [
+        (n.name, n.op_type) for n in refit.graph.node
+    ]
+    got = run(distilled, {"input": images(name, 2, seed=5)})
+    assert {n: v.shape for n, v in got.items()} == shapes
+    assert all(np.isfinite(v).all() for v in got.values())
+    assert report["distill"]["layers"] > 0 and len(report["distill"]["loss"]) == 2
+
+
 @pytest.mark.parametrize("name", COVERED)
 def test_big_architectures_keep_most_conv_parameters_prunable(name):
     path = export_torchvision(name, input_size=INPUT_SIZE)

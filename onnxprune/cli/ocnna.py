@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import ParameterError
+from ..recovery import DISTILL_LR
 from . import main
 from .common import (
     check_outputs,
@@ -49,6 +51,22 @@ Examples:
 @output_options("Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].")
 @ocnna_options
 @click.option(
+    "--distill",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="EPOCHS",
+    help="Then train the pruned model this many epochs on D_var to match the original's "
+    "layer outputs: no labels needed (torch).",
+)
+@click.option(
+    "--distill-lr",
+    type=float,
+    default=DISTILL_LR,
+    show_default=True,
+    help="Adam learning rate of --distill.",
+)
+@click.option(
     "--finetune",
     "finetune_data",
     type=click.Path(dir_okay=False),
@@ -88,6 +106,8 @@ def ocnna(
     reconstruct,
     keep,
     workers,
+    distill,
+    distill_lr,
     finetune_data,
     epochs,
     lr,
@@ -115,6 +135,10 @@ def ocnna(
     check_suffix(report, ".json", "the report (a Markdown copy goes beside it)")
     check_outputs([output, report, int8_path(output) if quantize else None], force, model)
     keras_finetune = finetune_data is not None and framework == "keras"
+    if keras_finetune and distill:
+        raise ParameterError(
+            "--distill trains the ONNX model in torch; with --framework keras fine-tune only"
+        )
     if keras_finetune:  # the same pruning, plus the user's Keras model rebuilt to match
         from ..keras import ocnna as run_ocnna
     result = run_ocnna(
@@ -133,6 +157,8 @@ def ocnna(
         memory_budget=memory_budget,
         workers=workers,
         keep=keep,
+        # only when asked: the Keras route (refused with --distill above) has no such options
+        **({"distill": distill, "distill_lr": distill_lr} if distill else {}),
     )
     if finetune_data is not None and not finetune_pruned(
         result,

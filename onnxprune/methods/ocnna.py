@@ -29,7 +29,7 @@ from ..pipeline import (
     prepare,
     zeros_feed,
 )
-from ..recovery import recover
+from ..recovery import DISTILL_LR, DistillOptions, distill_pruned, recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_k, group_scores, keep_nonempty, percentile_mask
@@ -82,6 +82,8 @@ def ocnna(
     memory_budget: float | None = None,
     workers: int = 1,
     keep: Sequence[str] = (),
+    distill: int = 0,
+    distill_lr: float = DISTILL_LR,
 ) -> PruneResult:
     """Prune ``model`` with OCNNA (or a baseline criterion) at percentile ``k``.
 
@@ -96,10 +98,13 @@ def ocnna(
     ``workers`` > 1 scores D_var in that many spawned processes (identical results; a
     script calling this needs the usual ``if __name__ == "__main__":`` guard). ``keep``:
     shell-style patterns of layer names whose groups stay whole (sensitive layers).
+    ``distill`` > 0 then trains the pruned model for that many epochs over D_var towards
+    the original's layer outputs (no labels; needs torch; ``distill_lr`` is Adam's step).
     """
     k = check_k(k)
     if round_to < 1:
         raise ParameterError(f"round-to must be at least 1, got {round_to}")
+    check_distill(distill, distill_lr, data)
     scored = score_model(
         model,
         data,
@@ -114,7 +119,19 @@ def ocnna(
         workers=workers,
         keep=keep,
     )
-    return prune_scored(scored, k, round_to, reconstruct=reconstruct)
+    return prune_scored(
+        scored, k, round_to, reconstruct=reconstruct, distill=distill, distill_lr=distill_lr
+    )
+
+
+def check_distill(epochs: int, lr: float, data: DataLike | None) -> None:
+    """Before any work: distillation options in range, and D_var to distill on."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ParameterError(f"distill epochs must be a whole number >= 0, got {epochs!r}")
+    if not lr > 0:
+        raise ParameterError(f"distill learning rate must be > 0, got {lr}")
+    if epochs and data is None:
+        raise DataError("distillation needs data: pass D_var samples (--data)")
 
 
 def score_model(
@@ -177,6 +194,7 @@ def score_model(
         "compensate": compensate,
         "batch_size": batch_size,
         "device": device,
+        "seed": seed,
         "workers": workers_for(dataset, batch_size, workers) if observed else 1,
         "keep": list(keep),
     }
@@ -184,9 +202,15 @@ def score_model(
 
 
 def prune_scored(
-    scored: Scored, k: float, round_to: int = 1, reconstruct: bool | None = None
+    scored: Scored,
+    k: float,
+    round_to: int = 1,
+    reconstruct: bool | None = None,
+    distill: int = 0,
+    distill_lr: float = DISTILL_LR,
 ) -> PruneResult:
-    """Select at percentile ``k``, rewrite, verify and report, from scores made once."""
+    """Select at percentile ``k``, rewrite, recover, verify and report, from scores made
+    once."""
     k = check_k(k)
     if reconstruct is None:  # on by default: it recovers most accuracy in seconds
         reconstruct = scored.dataset is not None
@@ -199,7 +223,7 @@ def prune_scored(
     }
     keep_nonempty(analysis.cg, analysis.groups, masks, scores)
 
-    timings = dict(scored.timings)
+    settings, timings = scored.settings, dict(scored.timings)
     start = time.perf_counter()
     pruned = apply_masks(analysis, masks, scored.means)
     recovery = None
@@ -212,15 +236,25 @@ def prune_scored(
             scored.dataset,
             scored.means or {},
             refit=reconstruct,
-            batch_size=scored.settings["batch_size"],
-            device=scored.settings.get("device", "cpu"),
+            batch_size=settings["batch_size"],
+            device=settings["device"],
         )
         timings["recover_s"] = time.perf_counter() - recover_start
+    distilled = None
+    if distill:
+        check_distill(distill, distill_lr, scored.dataset)
+        assert scored.dataset is not None and recovery is not None
+        options = DistillOptions(
+            distill, distill_lr, settings["batch_size"], settings["seed"], settings["device"]
+        )
+        pruned, distilled = distill_pruned(
+            analysis, pruned, masks, scored.dataset, recovery, options
+        )
+        timings["distill_s"] = distilled["distill_s"]
     feed = scored.feed
     verify(pruned, analysis.model, feed)
     timings["rewrite_verify_s"] = time.perf_counter() - start
 
-    settings = scored.settings
     parameters = {
         "k": k,
         "criterion": settings["criterion"],
@@ -229,11 +263,14 @@ def prune_scored(
         "compensate": settings["compensate"],
         "reconstruct": reconstruct,
         "keep": settings["keep"],
+        "distill": distill,
     }
     model = scored.model_arg
     report = build_report("ocnna", parameters, model, analysis, pruned, masks, scores, feed)
     if recovery is not None:
         report["recovery"] = recovery
+    if distilled is not None:
+        report["distill"] = distilled
     if scored.eval_set is not None:
         progress.info("evaluating before/after accuracy")
         report.update({f"{m}_before": v for m, v in scored.baseline().items()})

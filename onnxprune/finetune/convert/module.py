@@ -94,6 +94,12 @@ class OnnxModule(nn.Module):
         return candidate
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        outputs = self.values(self.output_names, *inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def values(self, names: Sequence[str], *inputs: Tensor) -> list[Tensor]:
+        """The tensors ``names`` (graph outputs or any intermediate value) for ``inputs``:
+        distillation compares a student's inner layers with its teacher's."""
         if len(inputs) != len(self.input_names):
             raise TypeError(
                 f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
@@ -110,8 +116,7 @@ class OnnxModule(nn.Module):
             for name, value in zip(step.outputs, results):
                 if name:
                     env[name] = value
-        outputs = tuple(env[name] for name in self.output_names)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return [env[name] for name in names]
 
     def initializer_values(self) -> dict[str, np.ndarray]:
         """Current trained values keyed by ONNX initializer name (same layout as in ONNX)."""

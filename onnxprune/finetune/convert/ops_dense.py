@@ -157,6 +157,26 @@ def _instance_normalization(view: NodeView) -> nn.Module:
     return Fn(view, _instance_norm, params={1: "weight", 2: "bias"}, eps=eps)
 
 
+def _layer_norm(
+    x: Tensor, scale: Tensor, bias: Tensor | None = None, *, axis: int, eps: float
+) -> Tensor:
+    """ONNX LayerNormalization: statistics over the axes from ``axis`` to the last."""
+    dims = tuple(range(axis % x.dim(), x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    variance = torch.square(x - mean).mean(dims, keepdim=True)
+    y = (x - mean) * torch.rsqrt(variance + eps) * scale
+    return y if bias is None else y + bias
+
+
+@handles("LayerNormalization")
+def _layer_normalization(view: NodeView) -> nn.Module:
+    """Transformers' and ConvNeXt's normalisation (opset 17); trainable scale and bias."""
+    if any(view.output_used(i) for i in range(1, len(view.outputs))):
+        raise view.unsupported("mean / inverse standard deviation outputs")
+    axis, eps = int(view.attr("axis", -1)), float(view.attr("epsilon", 1e-5))
+    return Fn(view, _layer_norm, params={1: "weight", 2: "bias"}, axis=axis, eps=eps)
+
+
 @handles("Dropout")
 def _dropout(view: NodeView) -> nn.Module:
     """nn.Dropout: the module's train/eval mode decides, not ONNX training_mode."""

@@ -43,6 +43,12 @@ UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "Ceil": torch.ceil,
     "Softplus": F.softplus,
     "HardSwish": F.hardswish,
+    "Softsign": F.softsign,
+    "Mish": F.mish,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Sign": torch.sign,
+    "Round": torch.round,  # both round half to even
     "Not": torch.logical_not,
     "IsNaN": torch.isnan,
     "Identity": _identity,
@@ -62,6 +68,11 @@ def _leaky_relu(view: NodeView) -> nn.Module:
 @handles("Elu")
 def _elu(view: NodeView) -> nn.Module:
     return Fn(view, F.elu, alpha=float(view.attr("alpha", 1.0)))
+
+
+@handles("Celu")
+def _celu(view: NodeView) -> nn.Module:
+    return Fn(view, F.celu, alpha=float(view.attr("alpha", 1.0)))
 
 
 def _selu(x: Tensor, alpha: float, gamma: float) -> Tensor:
