@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .errors import ModelError, ParameterError
+from .errors import DataError, ModelError, ParameterError
 from .importance.odf2nna import MomentsAccumulator
 from .io import DataLike, Dataset, input_specs, load_data
 from .observe import session_with_outputs
@@ -120,6 +120,16 @@ class DistillOptions:
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"
+
+
+def check_distill(epochs: int, lr: float, data: DataLike | None) -> None:
+    """Before any work: distillation options in range, and D_var to distill on."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ParameterError(f"distill epochs must be a whole number >= 0, got {epochs!r}")
+    if not lr > 0:
+        raise ParameterError(f"distill learning rate must be > 0, got {lr}")
+    if epochs and data is None:
+        raise DataError("distillation needs data: pass D_var samples (--data)")
 
 
 def distill_pruned(

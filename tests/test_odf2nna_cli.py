@@ -87,6 +87,25 @@ def test_reconstruct_flag_refits_the_layers_after_removed_units(workdir):
     assert any(row["refit"] for row in refit["recovery"])
 
 
+def test_distill_flag_trains_the_pruned_mlp_in_place(workdir):
+    args = ["odf2nna", workdir / "mlp.onnx", "--epsilon", 0.1, "--data", workdir / "eval.npz"]
+    args += ["--no-bridge", "--reconstruct", "-q"]
+    for flag, name in (([], "refit"), (["--distill", "2"], "distilled")):
+        result = invoke(
+            *args, *flag, "-o", workdir / f"{name}.onnx", "--report", workdir / f"{name}.json"
+        )
+        assert result.exit_code == 0, result.output
+    refit, distilled = (onnx.load(str(workdir / f"{n}.onnx")) for n in ("refit", "distilled"))
+    check(distilled)
+    assert [(n.name, n.op_type) for n in distilled.graph.node] == [
+        (n.name, n.op_type) for n in refit.graph.node
+    ]
+    report = json.loads((workdir / "distilled.json").read_text())
+    assert report["parameters"]["distill"] == 2
+    assert report["distill"]["epochs"] == 2 and len(report["distill"]["loss"]) == 3
+    assert report["recovery"] and all(row["distilled"] for row in report["recovery"])
+
+
 def test_sweep_writes_table_json_and_plot(workdir):
     result = invoke(
         "odf2nna",
@@ -178,6 +197,8 @@ def _one_line_error(result, code: int, text: str) -> None:
         (["--epsilon", 0.1, "--data", "eval.npz", "--eval", "eval.npz"], 4, "needs a 'y'"),
         (["--epsilon", 0.1, "--data", "eval.npz", "-o", "x.json"], 2, "must end in .onnx"),
         (["--epsilon", 0.1, "--data", "eval.npz", "--report", "r.md"], 2, "must end in .json"),
+        (["--epsilon", 0.1, "--data", "eval.npz", "--distill", -1], 2, "not in the range x>=0"),
+        (["--epsilon", 0.1, "--data", "eval.npz", "--distill", 1, "--distill-lr", 0], 2, "> 0"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(workdir, args, code, text):
@@ -389,3 +410,10 @@ def test_sweep_odf2nna_bad_input_is_one_line_and_writes_nothing(workdir, args, c
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error") and needle in lines[0], lines
     assert sorted(p.name for p in workdir.iterdir()) == files
+
+
+def test_distill_is_refused_for_algorithm_1(workdir):
+    table = workdir / "test.npz"
+    args = ["--train", table, "--test", table, "--epsilon", 0.1, "--distill", 1]
+    result = invoke("odf2nna", *args)
+    _one_line_error(result, 2, "--distill works when pruning MODEL with --data")

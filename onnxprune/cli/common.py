@@ -20,6 +20,7 @@ import click
 
 from .. import progress
 from ..errors import OnnxPruneError, OutputError, ParameterError
+from ..recovery import DISTILL_LR
 
 F = TypeVar("F", bound=Callable[..., Any])
 FILE = click.Path(dir_okay=False)
@@ -72,6 +73,39 @@ training_options = options(
 )
 """The fine-tune's optimiser settings (set them to the original training's, as the papers
 do), the same for `finetune` and `ocnna --finetune`."""
+
+
+distill_options = options(
+    click.option(
+        "--distill",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="EPOCHS",
+        help="Then train the pruned model this many epochs on D_var to match the "
+        "original's layer outputs: no labels needed (torch).",
+    ),
+    click.option(
+        "--distill-lr",
+        type=float,
+        default=DISTILL_LR,
+        show_default=True,
+        help="Adam learning rate of --distill.",
+    ),
+)
+"""Label-free distillation on D_var after pruning (`ocnna`, `odf2nna`)."""
+
+
+def distill_arguments(epochs: int, lr: float, keras_finetune: bool) -> dict[str, Any]:
+    """The API keywords of --distill: none when it is off, since the Keras routes (which
+    fine-tune in Keras instead) take no such keywords."""
+    if not epochs:
+        return {}
+    if keras_finetune:
+        raise ParameterError(
+            "--distill trains the ONNX model in torch; with --framework keras fine-tune only"
+        )
+    return {"distill": epochs, "distill_lr": lr}
 
 
 def data_options(

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from ..errors import ParameterError
-from ..recovery import DISTILL_LR
 from . import main
 from .common import (
     check_outputs,
     check_suffix,
     data_options,
     default_output,
+    distill_arguments,
+    distill_options,
     finetune_pruned,
     handle_errors,
     k_tag,
@@ -50,22 +50,7 @@ Examples:
 )
 @output_options("Pruned model path [default: <model>.ocnna-k<k>.onnx beside the input].")
 @ocnna_options
-@click.option(
-    "--distill",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="EPOCHS",
-    help="Then train the pruned model this many epochs on D_var to match the original's "
-    "layer outputs: no labels needed (torch).",
-)
-@click.option(
-    "--distill-lr",
-    type=float,
-    default=DISTILL_LR,
-    show_default=True,
-    help="Adam learning rate of --distill.",
-)
+@distill_options
 @click.option(
     "--finetune",
     "finetune_data",
@@ -135,10 +120,7 @@ def ocnna(
     check_suffix(report, ".json", "the report (a Markdown copy goes beside it)")
     check_outputs([output, report, int8_path(output) if quantize else None], force, model)
     keras_finetune = finetune_data is not None and framework == "keras"
-    if keras_finetune and distill:
-        raise ParameterError(
-            "--distill trains the ONNX model in torch; with --framework keras fine-tune only"
-        )
+    distilling = distill_arguments(distill, distill_lr, keras_finetune)
     if keras_finetune:  # the same pruning, plus the user's Keras model rebuilt to match
         from ..keras import ocnna as run_ocnna
     result = run_ocnna(
@@ -157,8 +139,7 @@ def ocnna(
         memory_budget=memory_budget,
         workers=workers,
         keep=keep,
-        # only when asked: the Keras route (refused with --distill above) has no such options
-        **({"distill": distill, "distill_lr": distill_lr} if distill else {}),
+        **distilling,
     )
     if finetune_data is not None and not finetune_pruned(
         result,

@@ -15,6 +15,8 @@ from .common import (
     data_options,
     default_output,
     device_option,
+    distill_arguments,
+    distill_options,
     eps_tag,
     finetune_pruned,
     force_option,
@@ -101,6 +103,7 @@ Examples:
     is_flag=True,
     help="Also refit the layers that lost inputs by least squares on --data (see ocnna).",
 )
+@distill_options
 @quantize_option
 @output_options("Output model [sweep / Algorithm 1: output prefix].", "JSON report.", prefix=True)
 @device_option
@@ -119,6 +122,8 @@ def odf2nna(model, train_data, test_data, **options) -> None:
         epsilons = [check_epsilon(options["epsilon"])]
     if options["quantize"] and (model is None or options["sweep"] is not None):
         raise ParameterError("--quantize works when pruning MODEL with one --epsilon")
+    if options["distill"] and model is None:
+        raise ParameterError("--distill works when pruning MODEL with --data")
     if model is not None:
         if train_data or test_data:
             raise ParameterError("give either MODEL with --data, or --train and --test")
@@ -159,6 +164,9 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
     epochs = options["epochs"] or 3
     batch_size = options["batch_size"] or 64
     keras_finetune = options["finetune_data"] is not None and options["framework"] == "keras"
+    distilling = distill_arguments(options["distill"], options["distill_lr"], keras_finetune)
+    if distilling:
+        distilling["seed"] = options["seed"]
     if keras_finetune:  # the same pruning, plus the user's Keras model rebuilt to match
         from ..keras import odf2nna_sweep
     results = odf2nna_sweep(
@@ -170,6 +178,7 @@ def _prune_model(model: str, epsilons: list[float], options: dict) -> None:
         device=options["device"],
         bridge=not options["no_bridge"],
         reconstruct=options["reconstruct"],
+        **distilling,
     )
     for result in results:
         if options["finetune_data"] is not None and not finetune_pruned(

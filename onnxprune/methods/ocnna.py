@@ -29,7 +29,7 @@ from ..pipeline import (
     prepare,
     zeros_feed,
 )
-from ..recovery import DISTILL_LR, DistillOptions, distill_pruned, recover
+from ..recovery import DISTILL_LR, DistillOptions, check_distill, distill_pruned, recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_k, group_scores, keep_nonempty, percentile_mask
@@ -122,16 +122,6 @@ def ocnna(
     return prune_scored(
         scored, k, round_to, reconstruct=reconstruct, distill=distill, distill_lr=distill_lr
     )
-
-
-def check_distill(epochs: int, lr: float, data: DataLike | None) -> None:
-    """Before any work: distillation options in range, and D_var to distill on."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ParameterError(f"distill epochs must be a whole number >= 0, got {epochs!r}")
-    if not lr > 0:
-        raise ParameterError(f"distill learning rate must be > 0, got {lr}")
-    if epochs and data is None:
-        raise DataError("distillation needs data: pass D_var samples (--data)")
 
 
 def score_model(

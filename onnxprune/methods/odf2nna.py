@@ -36,7 +36,7 @@ from ..pipeline import (
     frozen_hint,
     prepare,
 )
-from ..recovery import recover
+from ..recovery import DISTILL_LR, DistillOptions, check_distill, distill_pruned, recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_epsilon, group_scores, keep_nonempty, threshold_mask
@@ -112,6 +112,9 @@ def odf2nna(
     compensate: bool = True,
     bridge: bool = True,
     reconstruct: bool = False,
+    distill: int = 0,
+    distill_lr: float = DISTILL_LR,
+    seed: int = 0,
 ) -> PruneResult:
     """Keep the hidden dense units whose output std over ``data`` exceeds ``epsilon``.
 
@@ -121,7 +124,9 @@ def odf2nna(
     hidden layer losing every unit is removed and bridged by a least-squares fit
     (``bridge``; without it, or where the graph cannot be bridged, the layer keeps its
     most variable unit). The output layer is never pruned. ``reconstruct`` refits the
-    layers that lost inputs by least squares on ``data`` (see ``onnxprune.reconstruct``).
+    layers that lost inputs by least squares on ``data`` (see ``onnxprune.reconstruct``);
+    ``distill`` > 0 then trains the pruned model that many epochs on ``data`` towards the
+    original's layer outputs, without labels (see ``ocnna``).
     """
     (result,) = odf2nna_sweep(
         model,
@@ -133,6 +138,9 @@ def odf2nna(
         compensate=compensate,
         bridge=bridge,
         reconstruct=reconstruct,
+        distill=distill,
+        distill_lr=distill_lr,
+        seed=seed,
     )
     return result
 
@@ -150,7 +158,11 @@ def odf2nna_sweep(
         "reconstruct": options.pop("reconstruct", False),
         "batch_size": options.get("batch_size", 64),
         "device": options.get("device", "cpu"),
+        "distill": options.pop("distill", 0),
+        "distill_lr": options.pop("distill_lr", DISTILL_LR),
+        "seed": options.pop("seed", 0),
     }
+    check_distill(prune_options["distill"], prune_options["distill_lr"], data)
     observed = observe_units(model, data, **options)
     return [prune_observed(observed, e, **prune_options) for e in epsilons]
 
@@ -163,8 +175,12 @@ def prune_observed(
     reconstruct: bool = False,
     batch_size: int = 64,
     device: str = "cpu",
+    distill: int = 0,
+    distill_lr: float = DISTILL_LR,
+    seed: int = 0,
 ) -> PruneResult:
-    """Select (std > epsilon), rewrite with mean folding, bridge, recover, verify, report."""
+    """Select (std > epsilon), rewrite with mean folding, bridge, recover, (distill,)
+    verify, report."""
     epsilon = check_epsilon(epsilon)
     analysis, scores = observed.analysis, observed.scores
     masks = {i: threshold_mask(s, epsilon, allow_empty=True) for i, s in scores.items()}
@@ -196,21 +212,30 @@ def prune_observed(
         device=device,
     )
     recover_s = time.perf_counter() - recover_start
+    distilled = None
+    if distill:
+        options = DistillOptions(distill, distill_lr, batch_size, seed, device)
+        pruned, distilled = distill_pruned(analysis, pruned, kept_whole, dataset, recovery, options)
     feed = first_feed(dataset)
     verify(pruned, analysis.model, feed)
     timings = {**observed.timings, "rewrite_verify_s": time.perf_counter() - start}
     timings["recover_s"] = recover_s
+    if distilled is not None:
+        timings["distill_s"] = distilled["distill_s"]
 
     parameters = {
         "epsilon": epsilon,
         "compensate": observed.means is not None,
         "bridge": bridge,
         "reconstruct": reconstruct,
+        "distill": distill,
     }
     model_arg = observed.model_arg
     report = build_report("odf2nna", parameters, model_arg, analysis, pruned, masks, scores, feed)
     report["layers_removed"] = removed
     report["recovery"] = recovery
+    if distilled is not None:
+        report["distill"] = distilled
     report["layers_not_bridged"] = [
         {"layer": analysis.groups[i].name, "reason": r} for i, r in not_bridged.items()
     ]
