@@ -162,7 +162,13 @@ class _Objective:
         return total / len(data[0])
 
 
-def _scales(teacher: OnnxModule, found: list[Tap], data: list[torch.Tensor], batch: int, device):
+def _scales(
+    teacher: OnnxModule,
+    found: list[Tap],
+    data: list[torch.Tensor],
+    batch: int,
+    device: torch.device,
+) -> list[float]:
     """Each tap's variance in the teacher over D_var (kept channels), floored above 0."""
     sums = np.zeros(len(found))
     squares = np.zeros(len(found))
@@ -226,10 +232,12 @@ def distill(
         history.append(objective.mean_loss(student, data, batch))
         if history[-1] < best[0]:
             best = (history[-1], epoch, [param.detach().clone() for param in params])
-    with torch.no_grad():  # the best epoch's weights; epoch 0 gives back the refit ones
-        for param, value in zip(params, best[2]):
-            param.copy_(value)
-    model = _write_back(pruned, student)
+    model = pruned  # no epoch beat the refit: it comes back untouched
+    if best[1]:
+        with torch.no_grad():
+            for param, value in zip(params, best[2]):
+                param.copy_(value)
+        model = _write_back(pruned, student)
     report = {
         "epochs": epochs,
         "lr": lr,
