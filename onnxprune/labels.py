@@ -114,13 +114,21 @@ def labelled_for(
     """The task ``train``'s labels give ``model``, and ``train`` and ``others`` with class
     labels as int64 indices (one probe run of the model for all of them)."""
     width = output_width(model, train)
-    task, _ = model_labels(model, np.asarray(train.labels), width)
-    resolved: list[Dataset | None] = []
-    for dataset in (train, *others):
+    task, labels = model_labels(model, np.asarray(train.labels), width)
+    resolved: list[Dataset | None] = [_with_labels(train, labels)]
+    for dataset in others:
         if dataset is not None:
-            labels = model_labels(model, np.asarray(dataset.labels), width)[1]
-            if labels is not dataset.labels:
-                dataset = copy.copy(dataset)
-                dataset.labels = labels
+            dataset = _with_labels(
+                dataset, model_labels(model, np.asarray(dataset.labels), width)[1]
+            )
         resolved.append(dataset)
     return task, resolved
+
+
+def _with_labels(dataset: Dataset, labels: np.ndarray) -> Dataset:
+    """``dataset`` itself, or a shallow copy carrying the resolved ``labels``."""
+    if labels is dataset.labels:
+        return dataset
+    resolved = copy.copy(dataset)
+    resolved.labels = labels
+    return resolved

@@ -86,6 +86,7 @@ class LayerFit:
     outputs: int
     compensated: bool = False
     refit: bool = False
+    distilled: bool = False
     error_before: float | None = None
     error_after: float | None = None
     ridge: float | None = None
@@ -120,17 +121,27 @@ class FitData:
 # ----------------------------------------------------------------------------- driving
 
 
+def paired_layers(
+    original: onnx.ModelProto, pruned: onnx.ModelProto
+) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(original node, pruned node) of every Conv/Gemm/MatMul in ``pruned`` whose name is
+    unique in ``original``, in ``pruned``'s (topological) order."""
+    counts = Counter(n.name for n in original.graph.node)
+    originals = {n.name: n for n in original.graph.node if n.name and counts[n.name] == 1}
+    return [
+        (originals[node.name], node)
+        for node in pruned.graph.node
+        if node.op_type in REFIT_OPS and node.name in originals
+    ]
+
+
 def find_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto) -> list[LayerFit]:
     """Conv/Gemm/MatMul layers of ``pruned`` that read fewer inputs than in ``original``
     (paired by node name), in topological order."""
-    counts = Counter(n.name for n in original.graph.node)
-    originals = {n.name: n for n in original.graph.node if n.name and counts[n.name] == 1}
     before, after = weights_of(original), weights_of(pruned)
     fits = []
-    for node in pruned.graph.node:
-        if node.op_type not in REFIT_OPS or node.name not in originals:
-            continue
-        total = input_features(originals[node.name], before)
+    for source, node in paired_layers(original, pruned):
+        total = input_features(source, before)
         kept = input_features(node, after)
         if total is None or kept is None or total == kept:
             continue
@@ -197,12 +208,13 @@ def calm_session(model: onnx.ModelProto, device: str = "cpu") -> ort.InferenceSe
 
 
 def kept_output_index(
-    fit: LayerFit, original_units: int, kept: Mapping[str, np.ndarray]
+    name: str, units: int, original_units: int, kept: Mapping[str, np.ndarray]
 ) -> np.ndarray:
-    """Which of the original layer's outputs the pruned layer still makes."""
-    if fit.name in kept:
-        return np.asarray(kept[fit.name])
-    if fit.outputs != original_units:
+    """Which of the original layer's outputs the pruned layer ``name`` (making ``units``)
+    still makes."""
+    if name in kept:
+        return np.asarray(kept[name])
+    if units != original_units:
         raise Skip("its outputs were pruned too and no kept-output map was given")
     return np.arange(original_units)
 
@@ -271,7 +283,8 @@ def _refit(fit: LayerFit, model: onnx.ModelProto, fit_data: FitData) -> None:
     source = next(n for n in original.graph.node if n.name == fit.name)
     node = next(n for n in model.graph.node if n.name == fit.name)
     target = source.output[0]
-    out_index = kept_output_index(fit, output_units(source, weights_of(original)), fit_data.kept)
+    original_units = output_units(source, weights_of(original))
+    out_index = kept_output_index(fit.name, fit.outputs, original_units, fit_data.kept)
     layer = layer_for(model, node, out_index, target)
     w0, b0 = layer.current()
     if w0.shape[1] > options.max_features:

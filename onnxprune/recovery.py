@@ -1,11 +1,12 @@
 """Stage `recover` (after `rewrite`): for every layer that lost input channels, say what
 compensation did and how far its outputs are from the original's on D_var, and with
-``refit`` make them match by least squares (``reconstruct``); `distill_pruned` then
-trains the whole pruned model towards the original on D_var (opt-in, needs torch)."""
+``refit`` make them match by least squares (``reconstruct``); with ``distill`` then train
+the whole pruned model towards the original on D_var (opt-in, needs torch)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -56,7 +57,7 @@ def measure(
         target = sources[fit.name].output[0]
         try:
             units = output_units(sources[fit.name], weights)
-            index = kept_output_index(fit, units, kept_outputs or {})
+            index = kept_output_index(fit.name, fit.outputs, units, kept_outputs or {})
         except Skip as reason:
             fit.reason = str(reason)
             continue
@@ -86,31 +87,6 @@ def measure(
     return fits
 
 
-def recover(
-    analysis: Analysis,
-    pruned: onnx.ModelProto,
-    masks: Mapping[int, np.ndarray],
-    dataset: Dataset,
-    means: Mapping[str, np.ndarray],
-    *,
-    refit: bool = False,
-    ridge: float | None = DEFAULT_RIDGE,
-    batch_size: int = 64,
-    device: str = "cpu",
-) -> tuple[onnx.ModelProto, list[dict]]:
-    """The pipelines' recovery step after ``rewrite``: refit (or only measure) every layer
-    that lost inputs; report rows say what was compensated, refit, and the error left."""
-    kept = kept_outputs(analysis, masks)
-    options = {"kept_outputs": kept, "batch_size": batch_size, "device": device}
-    if refit:
-        pruned, fits = reconstruct(analysis.model, pruned, dataset, ridge=ridge, **options)
-    else:
-        fits = measure(analysis.model, pruned, dataset, **options)
-    for fit in fits:
-        fit.compensated = fit.input in means
-    return pruned, [fit.as_dict() for fit in fits]
-
-
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
     """How ``--distill`` trains: epochs over D_var, Adam's step, batch, seed, device."""
@@ -132,37 +108,82 @@ def check_distill(epochs: int, lr: float, data: DataLike | None) -> None:
         raise DataError("distillation needs data: pass D_var samples (--data)")
 
 
-def distill_pruned(
+@dataclasses.dataclass
+class Recovery:
+    """What ``recover`` did: the model, one report row per layer that lost inputs, the
+    distillation's report (None without it) and the seconds each step took."""
+
+    model: onnx.ModelProto
+    rows: list[dict]
+    distill: dict | None
+    timings: dict[str, float]
+
+    def report(self) -> dict:
+        """The report's entries: ``recovery`` rows, and ``distill`` when it ran."""
+        entries: dict = {"recovery": self.rows}
+        if self.distill is not None:
+            entries["distill"] = self.distill
+        return entries
+
+
+def recover(
     analysis: Analysis,
     pruned: onnx.ModelProto,
     masks: Mapping[int, np.ndarray],
     dataset: Dataset,
-    rows: list[dict],
+    means: Mapping[str, np.ndarray],
+    *,
+    refit: bool = False,
+    ridge: float | None = DEFAULT_RIDGE,
+    batch_size: int = 64,
+    device: str = "cpu",
+    distill: DistillOptions | None = None,
+) -> Recovery:
+    """The pipelines' recovery step after ``rewrite``: refit (or only measure) every layer
+    that lost inputs, then with ``distill`` train the whole model towards the original on
+    D_var and measure each layer again; report rows say what was compensated, refit,
+    distilled, and the error left."""
+    started = time.perf_counter()
+    kept = kept_outputs(analysis, masks)
+    options = {"kept_outputs": kept, "batch_size": batch_size, "device": device}
+    if refit:
+        pruned, fits = reconstruct(analysis.model, pruned, dataset, ridge=ridge, **options)
+    else:
+        fits = measure(analysis.model, pruned, dataset, **options)
+    for fit in fits:
+        fit.compensated = fit.input in means
+    timings = {"recover_s": time.perf_counter() - started}
+    distilled = None
+    if distill is not None and distill.epochs:
+        started = time.perf_counter()
+        pruned, distilled = _distill(analysis.model, pruned, dataset, kept, distill)
+        if distilled["best_epoch"]:  # the weights changed: measure every layer again
+            errors = {
+                f.name: f.error_after for f in measure(analysis.model, pruned, dataset, **options)
+            }
+            for fit in fits:
+                fit.error_after = errors.get(fit.name, fit.error_after)
+        for fit in fits:
+            fit.distilled = True
+        timings["distill_s"] = time.perf_counter() - started
+    return Recovery(pruned, [fit.as_dict() for fit in fits], distilled, timings)
+
+
+def _distill(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    dataset: Dataset,
+    kept: Mapping[str, np.ndarray],
     options: DistillOptions,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Distill the recovered model on D_var (``finetune.distill``), then measure every
-    recovery row's layer again, so its ``error_after`` is the returned model's."""
+    """``finetune.distill``, with its failures said as --distill's."""
     try:
         from .finetune.distill import distill
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "torch":
             raise
         raise ParameterError("--distill needs torch: pip install 'onnxprune[torch]'") from None
-    kept = kept_outputs(analysis, masks)
     try:
-        pruned, report = distill(analysis.model, pruned, dataset, kept, options)
+        return distill(original, pruned, dataset, kept, options)
     except ModelError as exc:
         raise ModelError(f"--distill: {exc}") from exc
-    fits = measure(
-        analysis.model,
-        pruned,
-        dataset,
-        kept_outputs=kept,
-        batch_size=options.batch_size,
-        device=options.device,
-    )
-    errors = {fit.name: fit.error_after for fit in fits}
-    for row in rows:
-        row["distilled"] = True
-        row["error_after"] = errors.get(row["name"], row["error_after"])
-    return pruned, report

@@ -1,4 +1,4 @@
-"""Stage `distill` (after `recover`, opt-in): train the pruned model on D_var to
+"""Stage `distill` (the last step of `recover`, opt-in): train the pruned model on D_var to
 reproduce the original model's layer outputs, with no labels.
 
 The least-squares refit fits one linear layer at a time; what it cannot express (the
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections import Counter
 from collections.abc import Mapping
 
@@ -38,8 +37,9 @@ from onnx import numpy_helper
 
 from .. import progress
 from ..io import Dataset
+from ..reconstruct import kept_output_index, paired_layers
 from ..recovery import DistillOptions
-from ..refit_layers import REFIT_OPS, channel_axis, output_units, weights_of
+from ..refit_layers import Skip, channel_axis, output_units, weights_of
 from .convert import OnnxModule, onnx_to_torch
 from .round_trip import resolve_device
 
@@ -60,26 +60,22 @@ class Tap:
 def taps(
     original: onnx.ModelProto, pruned: onnx.ModelProto, kept: Mapping[str, np.ndarray]
 ) -> list[Tap]:
-    """The Conv/Gemm/MatMul outputs both models compute (nodes paired by unique name),
+    """The Conv/Gemm/MatMul outputs both models compute (``reconstruct.paired_layers``),
     with the original channels the pruned one keeps, then the float model outputs."""
-    counts = Counter(node.name for node in original.graph.node)
-    sources = {n.name: n for n in original.graph.node if n.name and counts[n.name] == 1}
-    produced = {name for node in pruned.graph.node for name in node.output}
     before, after = weights_of(original), weights_of(pruned)
     found: list[Tap] = []
-    for node in pruned.graph.node:
-        source = sources.get(node.name)
-        if node.op_type not in REFIT_OPS or source is None or source.op_type != node.op_type:
-            continue
-        if source.output[0] != node.output[0] or node.output[0] not in produced:
+    for source, node in paired_layers(original, pruned):
+        if source.op_type != node.op_type or source.output[0] != node.output[0]:
             continue
         if len(node.input) < 2 or node.input[1] not in after or source.input[1] not in before:
+            continue  # a MatMul of two runtime tensors (attention) has no channels to pair
+        try:
+            units, original_units = output_units(node, after), output_units(source, before)
+            index = kept_output_index(node.name, units, original_units, kept)
+        except Skip:
             continue
-        axis = channel_axis(node.op_type)
-        if node.name in kept:
-            found.append(Tap(node.output[0], axis, np.asarray(kept[node.name])))
-        elif output_units(node, after) == output_units(source, before):
-            found.append(Tap(node.output[0], axis, None))
+        whole = len(index) == original_units  # nothing to select
+        found.append(Tap(node.output[0], channel_axis(node.op_type), None if whole else index))
     tapped = {tap.name for tap in found}
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
     for value in pruned.graph.output:
@@ -198,7 +194,6 @@ def distill(
     """Train ``pruned``'s weights for ``options.epochs`` passes over ``dataset``
     (unlabelled) so its layer and model outputs match ``original``'s; returns the model
     and a report."""
-    started = time.perf_counter()
     epochs, lr = options.epochs, options.lr
     torch_device = torch.device(resolve_device(options.device))
     generator = torch.Generator().manual_seed(options.seed)  # the only randomness: order, mixing
@@ -246,7 +241,6 @@ def distill(
         "layers": len(found),
         "loss": history,
         "best_epoch": best[1],
-        "distill_s": time.perf_counter() - started,
     }
     return model, report
 

@@ -29,7 +29,7 @@ from ..pipeline import (
     prepare,
     zeros_feed,
 )
-from ..recovery import DISTILL_LR, DistillOptions, check_distill, distill_pruned, recover
+from ..recovery import DISTILL_LR, DistillOptions, check_distill, recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_k, group_scores, keep_nonempty, percentile_mask
@@ -206,6 +206,7 @@ def prune_scored(
         reconstruct = scored.dataset is not None
     if reconstruct and scored.dataset is None:
         raise DataError("reconstruction needs data: pass D_var samples (--data)")
+    check_distill(distill, distill_lr, scored.dataset)
     analysis, scores = scored.analysis, scored.scores
     masks = {
         index: percentile_mask(s, k, round_to, analysis.groups[index].blocks)
@@ -218,8 +219,7 @@ def prune_scored(
     pruned = apply_masks(analysis, masks, scored.means)
     recovery = None
     if scored.dataset is not None:  # refit (or only measure) the layers that lost inputs
-        recover_start = time.perf_counter()
-        pruned, recovery = recover(
+        recovery = recover(
             analysis,
             pruned,
             masks,
@@ -228,19 +228,12 @@ def prune_scored(
             refit=reconstruct,
             batch_size=settings["batch_size"],
             device=settings["device"],
+            distill=DistillOptions(
+                distill, distill_lr, settings["batch_size"], settings["seed"], settings["device"]
+            ),
         )
-        timings["recover_s"] = time.perf_counter() - recover_start
-    distilled = None
-    if distill:
-        check_distill(distill, distill_lr, scored.dataset)
-        assert scored.dataset is not None and recovery is not None
-        options = DistillOptions(
-            distill, distill_lr, settings["batch_size"], settings["seed"], settings["device"]
-        )
-        pruned, distilled = distill_pruned(
-            analysis, pruned, masks, scored.dataset, recovery, options
-        )
-        timings["distill_s"] = distilled["distill_s"]
+        pruned = recovery.model
+        timings.update(recovery.timings)
     feed = scored.feed
     verify(pruned, analysis.model, feed)
     timings["rewrite_verify_s"] = time.perf_counter() - start
@@ -258,9 +251,7 @@ def prune_scored(
     model = scored.model_arg
     report = build_report("ocnna", parameters, model, analysis, pruned, masks, scores, feed)
     if recovery is not None:
-        report["recovery"] = recovery
-    if distilled is not None:
-        report["distill"] = distilled
+        report.update(recovery.report())
     if scored.eval_set is not None:
         progress.info("evaluating before/after accuracy")
         report.update({f"{m}_before": v for m, v in scored.baseline().items()})

@@ -36,7 +36,7 @@ from ..pipeline import (
     frozen_hint,
     prepare,
 )
-from ..recovery import DISTILL_LR, DistillOptions, check_distill, distill_pruned, recover
+from ..recovery import DISTILL_LR, DistillOptions, check_distill, recover
 from ..report import build_report, stamp_provenance
 from ..score import score_sources
 from ..select import check_epsilon, group_scores, keep_nonempty, threshold_mask
@@ -200,8 +200,7 @@ def prune_observed(
     dataset = observed.dataset
     pruned = apply_masks(analysis, kept_whole, observed.means)
     pruned, removed = bridge_all(pruned, analysis.model, sites, dataset, batch_size, device)
-    recover_start = time.perf_counter()
-    pruned, recovery = recover(
+    recovery = recover(
         analysis,
         pruned,
         kept_whole,
@@ -210,18 +209,13 @@ def prune_observed(
         refit=reconstruct,
         batch_size=batch_size,
         device=device,
+        distill=DistillOptions(distill, distill_lr, batch_size, seed, device),
     )
-    recover_s = time.perf_counter() - recover_start
-    distilled = None
-    if distill:
-        options = DistillOptions(distill, distill_lr, batch_size, seed, device)
-        pruned, distilled = distill_pruned(analysis, pruned, kept_whole, dataset, recovery, options)
+    pruned = recovery.model
     feed = first_feed(dataset)
     verify(pruned, analysis.model, feed)
     timings = {**observed.timings, "rewrite_verify_s": time.perf_counter() - start}
-    timings["recover_s"] = recover_s
-    if distilled is not None:
-        timings["distill_s"] = distilled["distill_s"]
+    timings.update(recovery.timings)
 
     parameters = {
         "epsilon": epsilon,
@@ -233,9 +227,7 @@ def prune_observed(
     model_arg = observed.model_arg
     report = build_report("odf2nna", parameters, model_arg, analysis, pruned, masks, scores, feed)
     report["layers_removed"] = removed
-    report["recovery"] = recovery
-    if distilled is not None:
-        report["distill"] = distilled
+    report.update(recovery.report())
     report["layers_not_bridged"] = [
         {"layer": analysis.groups[i].name, "reason": r} for i, r in not_bridged.items()
     ]
