@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -56,6 +57,11 @@ def _kernel_macs(node: onnx.NodeProto, weights: dict, shapes: dict) -> int:
     if node.op_type == "ConvTranspose" and w is not None:
         x = shapes.get(node.input[0])
         return 0 if x is None else int(np.prod(x[1:])) * int(np.prod(w[1:]))
+    if node.op_type in ("LSTM", "GRU", "RNN") and w is not None:
+        x, r = shapes.get(node.input[0]), weights.get(node.input[2])
+        batch_first = any(at.name == "layout" and at.i for at in node.attribute)
+        steps = None if x is None else x[1 if batch_first else 0]
+        return 0 if steps is None or r is None else steps * (math.prod(w) + math.prod(r))
     if node.op_type in ("Gemm", "MatMul"):
         a = shapes.get(node.input[0]) or weights.get(node.input[0])
         if a is None:
@@ -67,7 +73,8 @@ def _kernel_macs(node: onnx.NodeProto, weights: dict, shapes: dict) -> int:
 
 
 def count_macs(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> int:
-    """Multiply-accumulates per sample of the Conv/ConvTranspose/Gemm/MatMul nodes."""
+    """Multiply-accumulates per sample of the Conv/ConvTranspose/Gemm/MatMul and the
+    recurrent (LSTM/GRU/RNN: every step, input and hidden weights) nodes."""
     one = {name: value[:1] for name, value in feed.items()}
     shapes = probe_shapes(model, one)
     weights = {init.name: tuple(init.dims) for init in model.graph.initializer}

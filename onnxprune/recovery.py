@@ -61,7 +61,7 @@ def measure(
         except Skip as reason:
             fit.reason = str(reason)
             continue
-        if target in produced:
+        if target and target in produced:  # a recurrent layer may leave Y unset
             checks[fit.name] = (target, index, MomentsAccumulator(len(index)))
             squared[fit.name] = 0.0
     names = sorted({target for target, _, _ in checks.values()})
@@ -148,6 +148,7 @@ def recover(
     options = {"kept_outputs": kept, "batch_size": batch_size, "device": device}
     if refit:
         pruned, fits = reconstruct(analysis.model, pruned, dataset, ridge=ridge, **options)
+        _measure_unrefit(fits, analysis.model, pruned, dataset, options)
     else:
         fits = measure(analysis.model, pruned, dataset, **options)
     for fit in fits:
@@ -167,6 +168,21 @@ def recover(
             fit.distilled = True
         timings["distill_s"] = time.perf_counter() - started
     return Recovery(pruned, [fit.as_dict() for fit in fits], distilled, timings)
+
+
+def _measure_unrefit(
+    fits: list[LayerFit],
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    dataset: Dataset,
+    options: dict,
+) -> None:
+    """Layers the refit skipped (ConvTranspose, recurrent) still get their error measured."""
+    if any(fit.reason and fit.error_after is None for fit in fits):
+        errors = {f.name: f.error_after for f in measure(original, pruned, dataset, **options)}
+        for fit in fits:
+            if fit.reason and fit.error_after is None:
+                fit.error_before = fit.error_after = errors.get(fit.name)
 
 
 def _distill(

@@ -13,7 +13,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-REFIT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Gates per recurrent op: W is (directions, gates * hidden, input features).
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+#: Layers whose lost inputs get a report row (ConvTranspose and recurrent ones unrefit).
+REFIT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT_GATES)
 
 
 class Skip(Exception):
@@ -49,6 +52,8 @@ def input_features(node: onnx.NodeProto, weights: Mapping[str, onnx.TensorProto]
         return dims[0]
     if node.op_type == "Gemm":
         return dims[1] if int(_attr(node, "transB", 0)) else dims[0]
+    if node.op_type in RECURRENT_GATES:
+        return dims[2]
     return dims[0] if len(dims) == 2 else None
 
 
@@ -269,7 +274,7 @@ def layer_for(model: onnx.ModelProto, node: onnx.NodeProto, out_index, target: s
 
 
 def output_units(node: onnx.NodeProto, weights: Mapping[str, onnx.TensorProto]) -> int:
-    """How many output channels (Conv) or units (Gemm/MatMul) the layer makes."""
+    """How many output channels (Conv) or units (Gemm/MatMul, recurrent) the layer makes."""
     dims = list(weights[node.input[1]].dims)
     if node.op_type == "Conv":
         return dims[0]
@@ -277,6 +282,8 @@ def output_units(node: onnx.NodeProto, weights: Mapping[str, onnx.TensorProto]) 
         return dims[1] * int(_attr(node, "group", 1))
     if node.op_type == "Gemm":
         return dims[0] if int(_attr(node, "transB", 0)) else dims[1]
+    if node.op_type in RECURRENT_GATES:  # hidden units
+        return dims[1] // RECURRENT_GATES[node.op_type]
     return dims[1]
 
 

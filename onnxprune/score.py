@@ -7,6 +7,7 @@ import numpy as np
 
 from .analyze import Analysis
 from .graph.groups import ChannelGroup
+from .graph.rules import rule_for
 from .graph.rules.producers import output_major_weight
 from .importance.base import ChannelAccumulator, Importance
 from .importance.ocnna import for_run
@@ -14,8 +15,6 @@ from .importance.odf2nna import MomentsAccumulator
 from .io import Dataset
 from .observe import observe
 from .shards import check_workers, observe_sharded
-
-COMPENSATING_CONSUMERS = ("Conv", "Gemm", "MatMul")
 
 
 def consumer_inputs(analysis: Analysis, groups: list[ChannelGroup]) -> dict[str, int]:
@@ -25,7 +24,7 @@ def consumer_inputs(analysis: Analysis, groups: list[ChannelGroup]) -> dict[str,
     prunable_roots = np.concatenate([g.roots for g in groups]) if groups else np.empty(0)
     tensors = {}
     for node in cg.graph.nodes:
-        if node.op not in COMPENSATING_CONSUMERS:
+        if not rule_for(node.op, node.domain or "").compensates:
             continue
         layout = cg.layout(node.inputs[0])
         if layout is not None and np.isin(roots[layout.atoms], prunable_roots).any():

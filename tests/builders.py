@@ -587,6 +587,61 @@ def conv1d_net(seed: int = 0) -> nn.Module:
     )
 
 
+class ConvLSTM(nn.Module):
+    """Conv1d features over time into an LSTM read at its last step (keyword spotting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 16, 5, padding=2)
+        self.lstm = nn.LSTM(16, 12, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.relu(self.conv(x)).transpose(1, 2)  # (N, T, 16)
+        out, _ = self.lstm(steps)
+        return self.head(out[:, -1])
+
+
+class DenseGRU(nn.Module):
+    """A per-step dense layer into a bidirectional GRU, averaged over time (sensor series)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.gru = nn.GRU(16, 8, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(torch.relu(self.embed(x)))
+        return self.head(out.mean(1))
+
+
+class DenseRNN(nn.Module):
+    """Two dense layers into a plain tanh RNN read at its last step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.rnn = nn.RNN(16, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(x))
+        return self.head(out[:, -1])
+
+
+def conv_lstm(seed: int = 0) -> nn.Module:
+    return _seeded(ConvLSTM, seed)
+
+
+def dense_gru(seed: int = 0) -> nn.Module:
+    return _seeded(DenseGRU, seed)
+
+
+def dense_rnn(seed: int = 0) -> nn.Module:
+    return _seeded(DenseRNN, seed)
+
+
 # ----------------------------------------------------------------------------- ONNX builders
 
 
@@ -835,6 +890,9 @@ TORCH_BUILDERS: dict[str, Builder] = {
         Builder("mlp", mlp, (1, 16)),
         Builder("efficient_se", efficient_se, IMAGE),
         Builder("conv1d_net", conv1d_net, (1, 4, 64)),
+        Builder("conv_lstm", conv_lstm, (1, 4, 20)),
+        Builder("dense_gru", dense_gru, (1, 10, 6)),
+        Builder("dense_rnn", dense_rnn, (1, 10, 6)),
     ]
 }
 ONNX_BUILDERS: dict[str, Builder] = {

@@ -131,6 +131,11 @@ STRUCTURE: dict[str, Callable[[onnx.ModelProto], bool]] = {
     "conv1d_net": lambda m: all(
         init_map(m)[n.input[1]].ndim == 3 for n in m.graph.node if n.op_type == "Conv"
     ),
+    "conv_lstm": lambda m: ops(m)["LSTM"] == 1 and "Conv" in ops(m),
+    "dense_gru": lambda m: any(
+        n.op_type == "GRU" and attr(n, "direction", b"") == b"bidirectional" for n in m.graph.node
+    ),
+    "dense_rnn": lambda m: ops(m)["RNN"] == 1 and ops(m)["MatMul"] == 2,
     "nhwc_style": lambda m: (
         m.opset_import[0].version == 13
         and [attr(n, "perm") for n in m.graph.node if n.op_type == "Transpose"]

@@ -26,6 +26,9 @@ TOPOLOGIES = [
     "efficient_se",
     "mlp",
     "conv1d_net",
+    "conv_lstm",
+    "dense_gru",
+    "dense_rnn",
     "nhwc_style",
     "old_zoo_style",
 ]

@@ -1,7 +1,7 @@
 """Keras models converted by tf2onnx through ``onnxprune.keras.model_to_onnx`` (NHWC input,
 Transposes around convs, BN folded on Keras 2 or Mul + Add on Keras 3, Flatten as
-Transpose + Reshape with a constant shape, Dense as MatMul + Add): every k gives a valid
-model and dead channels prune exactly. Needs tensorflow + tf2onnx (skipped cleanly without
+Transpose + Reshape with a constant shape, Dense as MatMul + Add, LSTM as one ONNX LSTM):
+every k gives a valid model and dead channels prune exactly. Needs tensorflow + tf2onnx (skipped cleanly without
 them; Keras 2 or 3). tests/test_nhwc.py covers the same pattern without TensorFlow."""
 
 from __future__ import annotations
@@ -50,14 +50,25 @@ def keras_mlp():
     return tf.keras.Model(features, layers.Dense(3)(x)), (12,)
 
 
-@pytest.fixture(scope="module", params=["cnn", "mlp"])
+def keras_lstm():
+    """Conv1D over time into an LSTM: tf2onnx rewrites the Keras loop into one ONNX LSTM."""
+    layers = tf.keras.layers
+    series = layers.Input((20, 4), name="series")
+    x = layers.LSTM(12)(layers.Conv1D(16, 5, padding="same", activation="relu")(series))
+    x = layers.Dense(16, activation="relu")(x)
+    return tf.keras.Model(series, layers.Dense(3)(x)), (20, 4)
+
+
+@pytest.fixture(scope="module", params=["cnn", "mlp", "lstm"])
 def converted(request):
     """(ONNX model from tf2onnx, input name, sample data, Keras outputs on that data)."""
     tf.keras.utils.set_random_seed(0)
-    model, shape = {"cnn": keras_cnn, "mlp": keras_mlp}[request.param]()
+    model, shape = {"cnn": keras_cnn, "mlp": keras_mlp, "lstm": keras_lstm}[request.param]()
     randomize(model, seed=1)
     proto = model_to_onnx(model)
     assert proto.producer_name == "tf2onnx"
+    if request.param == "lstm":
+        assert [n.op_type for n in proto.graph.node].count("LSTM") == 1
     data = np.random.default_rng(2).standard_normal((6, *shape)).astype(np.float32)
     return proto, proto.graph.input[0].name, data, np.asarray(model(data))
 
@@ -87,8 +98,8 @@ def test_keras_model_prunes_to_a_valid_model(converted, k):
 
 def test_keras_cnn_flatten_interleaves_channels_into_the_dense_rows(converted):
     model, name, data, _ = converted
-    if not any(n.op_type == "Conv" for n in model.graph.node):
-        pytest.skip("dense-only model")
+    if not any(n.op_type == "Conv" for n in model.graph.node) or "series" in name:
+        pytest.skip("no Flatten after the convs")
     analysis = analyze(model, {name: data[:1]})
     matmul = next(n for n in analysis.cg.graph.nodes if n.op == "MatMul")
     layout = analysis.cg.layouts[matmul.inputs[0].name]

@@ -65,7 +65,11 @@ def taps(
     before, after = weights_of(original), weights_of(pruned)
     found: list[Tap] = []
     for source, node in paired_layers(original, pruned):
-        if source.op_type != node.op_type or source.output[0] != node.output[0]:
+        if (
+            source.op_type != node.op_type
+            or source.output[0] != node.output[0]
+            or not node.output[0]
+        ):
             continue
         if len(node.input) < 2 or node.input[1] not in after or source.input[1] not in before:
             continue  # a MatMul of two runtime tensors (attention) has no channels to pair

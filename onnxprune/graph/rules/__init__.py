@@ -1,6 +1,15 @@
 """Op type -> channel rule. Importing this package registers every rule."""
 
-from . import barrier, elementwise, indexing, passthrough, producers, reduce, reshape  # noqa: F401
+from . import (  # noqa: F401
+    barrier,
+    elementwise,
+    indexing,
+    passthrough,
+    producers,
+    recurrent,
+    reduce,
+    reshape,
+)
 from .barrier import BARRIER
 from .base import RULES, Rule
 

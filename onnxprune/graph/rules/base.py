@@ -18,8 +18,11 @@ class Rule:
 
     ``analyze`` reads the layouts of the node's inputs from the ChannelGraph and sets the
     layouts of its outputs, creating sources, tying atoms or freezing them (barriers).
-    ``rewrite`` edits the node for the channels a Plan keeps.
+    ``rewrite`` edits the node for the channels a Plan keeps. ``compensates``: the rule
+    folds removed input channels' means into a bias, so their means must be observed.
     """
+
+    compensates = False
 
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
         raise NotImplementedError

@@ -47,6 +47,8 @@ class ConvRule(Rule):
     each output channel then reads its own group's kept inputs.
     """
 
+    compensates = True
+
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
         weight = constant(node.inputs[1])
         layout = cg.layout(node.inputs[0])
@@ -151,6 +153,8 @@ class ConvTransposeRule(Rule):
 class GemmRule(Rule):
     """Dense layer: units are a new source; input features index B's K axis."""
 
+    compensates = True
+
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
         weight = constant(node.inputs[1])
         layout = cg.layout(node.inputs[0])
@@ -189,6 +193,8 @@ class GemmRule(Rule):
 @register("MatMul")
 class MatMulRule(Rule):
     """x @ W with a constant 2-D W: columns are a new source, rows read x's last axis."""
+
+    compensates = True
 
     def analyze(self, node: gs.Node, cg: ChannelGraph) -> None:
         weight = constant(node.inputs[1])
