@@ -1,8 +1,9 @@
 """Keras models converted by tf2onnx through ``onnxprune.keras.model_to_onnx`` (NHWC input,
 Transposes around convs, BN folded on Keras 2 or Mul + Add on Keras 3, Flatten as
 Transpose + Reshape with a constant shape, Dense as MatMul + Add, LSTM as one ONNX LSTM):
-every k gives a valid model and dead channels prune exactly. Needs tensorflow + tf2onnx (skipped cleanly without
-them; Keras 2 or 3). tests/test_nhwc.py covers the same pattern without TensorFlow."""
+every k gives a valid model and dead channels prune exactly. Needs tensorflow + tf2onnx
+(skipped cleanly without them; Keras 2 or 3). tests/test_nhwc.py covers the same pattern
+without TensorFlow."""
 
 from __future__ import annotations
 
