@@ -605,6 +605,64 @@ OP_CASES = {
         ),
         {"x": f32(2, 3)},
     ),
+    "lstm_forward_all_outputs": lambda: one_node(
+        "LSTM",
+        ["x", "w", "r", "b"],
+        {"x": f32(5, 2, 3)},
+        {"w": f32(1, 16, 3, seed=1), "r": f32(1, 16, 4, seed=2), "b": f32(1, 32, seed=3)},
+        n_outputs=3,
+        hidden_size=4,
+    ),
+    "lstm_bidirectional_initial_states": lambda: one_node(
+        "LSTM",
+        ["x", "w", "r", "", "", "h0", "c0"],
+        {"x": f32(5, 2, 3)},
+        {
+            "w": f32(2, 16, 3, seed=1),
+            "r": f32(2, 16, 4, seed=2),
+            "h0": f32(2, 2, 4, seed=3),
+            "c0": f32(2, 2, 4, seed=4),
+        },
+        opset=14,
+        n_outputs=3,
+        hidden_size=4,
+        direction="bidirectional",
+    ),
+    "gru_linear_before_reset": lambda: one_node(
+        "GRU",
+        ["x", "w", "r", "b"],
+        {"x": f32(5, 2, 3)},
+        {"w": f32(1, 12, 3, seed=1), "r": f32(1, 12, 4, seed=2), "b": f32(1, 24, seed=3)},
+        n_outputs=2,
+        hidden_size=4,
+        linear_before_reset=1,
+    ),
+    "gru_bidirectional_explicit_activations": lambda: one_node(
+        "GRU",
+        ["x", "w", "r"],
+        {"x": f32(5, 2, 3)},
+        {"w": f32(2, 12, 3, seed=1), "r": f32(2, 12, 4, seed=2)},
+        hidden_size=4,
+        linear_before_reset=1,
+        direction="bidirectional",
+        activations=["Sigmoid", "Tanh", "Sigmoid", "Tanh"],
+    ),
+    "rnn_tanh": lambda: one_node(
+        "RNN",
+        ["x", "w", "r", "b"],
+        {"x": f32(5, 2, 3)},
+        {"w": f32(1, 4, 3, seed=1), "r": f32(1, 4, 4, seed=2), "b": f32(1, 8, seed=3)},
+        n_outputs=2,
+        hidden_size=4,
+    ),
+    "rnn_relu": lambda: one_node(
+        "RNN",
+        ["x", "w", "r"],
+        {"x": f32(5, 2, 3)},
+        {"w": f32(1, 4, 3, seed=1), "r": f32(1, 4, 4, seed=2, low=-0.5, high=0.5)},
+        hidden_size=4,
+        activations=["Relu"],
+    ),
     "constant_equal_where": lambda: (
         graph_model(
             [
@@ -1127,6 +1185,29 @@ def test_unsupported_variant_is_a_model_error() -> None:
         coordinate_transformation_mode="asymmetric",
     )
     with pytest.raises(ModelError, match="op type Resize .*asymmetric"):
+        onnx_to_torch(model)
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "message"),
+    [
+        ("GRU", {}, "linear_before_reset=0"),  # ONNX's default; torch resets after R
+        ("LSTM", {"direction": "reverse"}, "direction=reverse"),
+        ("LSTM", {"clip": 1.0}, "clip"),
+        ("RNN", {"activations": ["Sigmoid"]}, "activation sigmoid"),
+    ],
+)
+def test_recurrent_variants_torch_cannot_run_are_refused(op, attrs, message) -> None:
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    model, _ = one_node(
+        op,
+        ["x", "w", "r"],
+        {"x": f32(5, 2, 3)},
+        {"w": f32(1, 4 * gates, 3), "r": f32(1, 4 * gates, 4)},
+        hidden_size=4,
+        **attrs,
+    )
+    with pytest.raises(ModelError, match=f"op type {op} .*{message}"):
         onnx_to_torch(model)
 
 

@@ -136,3 +136,21 @@ def test_recurrent_layer_has_a_measured_report_row_without_refit():
     assert row["compensated"] and not row["refit"]
     assert row["reason"] == "LSTM layers are not refit"
     assert 0.0 < row["error_after"] < 1.0  # measured on D_var, not left empty
+
+
+@pytest.mark.parametrize("name", sorted(RECURRENT))
+def test_recurrent_model_distills_in_place(name):
+    """--distill trains through torch's fused kernels and writes W, R, B back by name."""
+    pytest.importorskip("torch")
+    op, _ = RECURRENT[name]
+    model = build(name)
+    data = random_feeds(model, batch=128, seed=7)["input"]
+    refit, _ = onnxprune.ocnna(model, k=40, data=data)
+    distilled, report = onnxprune.ocnna(model, k=40, data=data, distill=3)
+    check(distilled)
+    assert [n.op_type for n in distilled.graph.node] == [n.op_type for n in refit.graph.node]
+    losses = report["distill"]["loss"]
+    assert report["distill"]["best_epoch"] > 0 and min(losses[1:]) < losses[0]
+    before, weights_before = _recurrent(refit, op)
+    after, weights_after = _recurrent(distilled, op)
+    assert not np.array_equal(weights_after[after.input[1]], weights_before[before.input[1]])

@@ -13,7 +13,14 @@ initializer (``OnnxModule.initializer_names``).
 
 from __future__ import annotations
 
-from . import ops_dense, ops_elementwise, ops_pooling, ops_resize, ops_shape  # noqa: F401
+from . import (  # noqa: F401
+    ops_dense,
+    ops_elementwise,
+    ops_pooling,
+    ops_recurrent,
+    ops_resize,
+    ops_shape,
+)
 from .module import OnnxModule, onnx_to_torch
 from .prepare import default_opset, prepare_model
 from .registry import HANDLERS, handles, supported_ops
