@@ -118,6 +118,11 @@ class Recovery:
     distill: dict | None
     timings: dict[str, float]
 
+    @property
+    def seconds(self) -> float:
+        """Refit (or measurement) plus distillation time."""
+        return sum(self.timings.values())
+
     def report(self) -> dict:
         """The report's entries: ``recovery`` rows, and ``distill`` when it ran."""
         entries: dict = {"recovery": self.rows}

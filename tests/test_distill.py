@@ -5,6 +5,7 @@ change), layer errors fall, runs repeat bit for bit, and misuse stops in one lin
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnx
@@ -78,6 +79,18 @@ def test_distill_report(runs):
     assert info["layers"] == 6  # 4 Conv + 2 Gemm outputs; the model output is the last Gemm's
     assert report["parameters"]["distill"] == 3
     assert report["timings"]["distill_s"] > 0
+
+
+def test_timings_count_each_step_once(dvar):
+    """The steps' seconds add up to at most the call's: distillation is not also counted
+    in rewrite_verify_s."""
+    started = time.perf_counter()
+    result = onnxprune.ocnna(MODEL, k=40, data=dvar[:64], distill=2)
+    elapsed = time.perf_counter() - started
+    timings = result.report["timings"]
+    assert {"recover_s", "distill_s", "rewrite_verify_s"} <= timings.keys()
+    assert sum(timings.values()) <= elapsed
+    assert timings["rewrite_verify_s"] < timings["distill_s"]
 
 
 def test_taps_pair_kept_channels_with_the_original(dvar):
