@@ -33,23 +33,48 @@ def measure(name: str, k: float, samples: int, input_size: int) -> dict:
     path = export_torchvision(name, input_size=input_size)
     size = effective_input_size(name, input_size)
     data = np.random.default_rng(0).standard_normal((samples, 3, size, size)).astype(np.float32)
+    return measure_model(onnx.load(str(path)), data, name, f"{size}x{size}", k)
+
+
+def measure_model(model: onnx.ModelProto, data: np.ndarray, name: str, label: str, k: float):
+    """Prune ``model`` at k on ``data`` and check it: one table row."""
     start = time.perf_counter()
-    model, report = onnxprune.ocnna(str(path), k=k, data=data, batch_size=8)
+    pruned, report = onnxprune.ocnna(model, k=k, data=data, batch_size=8)
     seconds = time.perf_counter() - start
-    onnx.checker.check_model(model, full_check=True)
-    outputs = run(model, {"input": data[:2]})
-    info = inspect(str(path), data[:1])
+    onnx.checker.check_model(pruned, full_check=True)
+    outputs = run(pruned, {pruned.graph.input[0].name: data[:2]})
+    info = inspect(model, data[:1])
     return {
         "model": name,
-        "input": f"{size}x{size}",
+        "input": label,
         "rpr": report["remaining_params_ratio"],
         "flops_ratio": report["flops_after"] / report["flops_before"],
         "groups": f"{report['groups_pruned']}/{report['groups_total']}",
         "conv_prunable": info["conv_params_prunable_ratio"],
         "frozen": sorted({f["reason"].split("'")[0].strip() for f in report["frozen"]}),
-        "valid": bool(np.isfinite(outputs["output"]).all()),
+        "valid": all(np.isfinite(v).all() for v in outputs.values()),
         "seconds": seconds,
     }
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The Markdown table of ``measure_model`` rows (failures as rows too)."""
+    lines = [
+        "| model | input | valid | RPR | FLOPs ratio | groups pruned | conv params prunable | "
+        "frozen because | time (s) |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | | **failed**: {row['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {row['model']} | {row['input']} | {'yes' if row['valid'] else 'NO'} | "
+            f"{row['rpr']:.3f} | {row['flops_ratio']:.3f} | {row['groups']} | "
+            f"{100 * row['conv_prunable']:.1f}% | {'; '.join(row['frozen']) or '-'} | "
+            f"{row['seconds']:.1f} |"
+        )
+    return lines
 
 
 def main() -> int:
@@ -81,20 +106,8 @@ def main() -> int:
         "equally in every group; LayerNorm over channels (ConvNeXt, Swin) and attention "
         "reshapes (ViT, Swin) are barriers, so those keep more.",
         "",
-        "| model | input | valid | RPR | FLOPs ratio | groups pruned | conv params prunable | "
-        "frozen because | time (s) |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|",
+        *table(rows),
     ]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['model']} | | **failed**: {row['error']} | | | | | | |")
-            continue
-        lines.append(
-            f"| {row['model']} | {row['input']} | {'yes' if row['valid'] else 'NO'} | "
-            f"{row['rpr']:.3f} | {row['flops_ratio']:.3f} | {row['groups']} | "
-            f"{100 * row['conv_prunable']:.1f}% | {'; '.join(row['frozen']) or '-'} | "
-            f"{row['seconds']:.1f} |"
-        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
