@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tensorflow as tf  # noqa: E402
-from zoo_ocnna import measure_model, table  # noqa: E402
+from zoo_ocnna import measure_all, measure_model, table  # noqa: E402
 
 from onnxprune.keras import model_to_onnx  # noqa: E402
 
@@ -53,13 +53,10 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--out", default=str(REPO / "docs" / "zoo-keras.md"))
     args = parser.parse_args()
-    rows = []
-    for name in args.models.split(","):
-        try:
-            rows.append(measure(name, APPLICATIONS[name], args.k, args.samples))
-        except Exception as exc:  # a benchmark records failures instead of stopping
-            rows.append({"model": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
-        print(rows[-1], flush=True)
+    rows = measure_all(
+        args.models.split(","),
+        lambda name: measure(name, APPLICATIONS[name], args.k, args.samples),
+    )
     lines = [
         f"# OCNNA at k = {args.k:g} on Keras applications (tf2onnx)",
         "",

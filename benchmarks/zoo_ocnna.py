@@ -13,6 +13,7 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,18 @@ def measure_model(model: onnx.ModelProto, data: np.ndarray, name: str, label: st
     }
 
 
+def measure_all(names: list[str], measure_one: Callable[[str], dict]) -> list[dict]:
+    """One row per model, printed as it comes; a failure is recorded as a row, not raised."""
+    rows = []
+    for name in names:
+        try:
+            rows.append(measure_one(name))
+        except Exception as exc:  # a benchmark records failures instead of stopping
+            rows.append({"model": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> list[str]:
     """The Markdown table of ``measure_model`` rows (failures as rows too)."""
     lines = [
@@ -85,13 +98,9 @@ def main() -> int:
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--out", default=str(REPO / "docs" / "zoo.md"))
     args = parser.parse_args()
-    rows = []
-    for name in args.models.split(","):
-        try:
-            rows.append(measure(name, args.k, args.samples, args.input_size))
-        except Exception as exc:  # a benchmark records failures instead of stopping
-            rows.append({"model": name, "error": f"{type(exc).__name__}: {exc}"[:200]})
-        print(rows[-1], flush=True)
+    rows = measure_all(
+        args.models.split(","), lambda name: measure(name, args.k, args.samples, args.input_size)
+    )
     lines = [
         f"# OCNNA at k = {args.k:g} on torchvision architectures",
         "",

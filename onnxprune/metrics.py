@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -61,7 +60,7 @@ def _kernel_macs(node: onnx.NodeProto, weights: dict, shapes: dict) -> int:
         x, r = shapes.get(node.input[0]), weights.get(node.input[2])
         batch_first = any(at.name == "layout" and at.i for at in node.attribute)
         steps = None if x is None else x[1 if batch_first else 0]
-        return 0 if steps is None or r is None else steps * (math.prod(w) + math.prod(r))
+        return 0 if steps is None or r is None else steps * int(np.prod(w) + np.prod(r))
     if node.op_type in ("Gemm", "MatMul"):
         a = shapes.get(node.input[0]) or weights.get(node.input[0])
         if a is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,11 +43,15 @@ def measure(
     kept_outputs: Mapping[str, np.ndarray] | None = None,
     batch_size: int = 64,
     device: str = "cpu",
+    layers: Collection[str] | None = None,
 ) -> list[LayerFit]:
-    """The relative output error of every layer that lost inputs, without refitting."""
+    """The relative output error of every layer that lost inputs (of ``layers`` only,
+    when given), without refitting."""
     dataset = load_data(data, input_specs(original))
     batch_size = dataset.batch_size(batch_size)
     fits = find_consumers(original, pruned)
+    if layers is not None:
+        fits = [fit for fit in fits if fit.name in layers]
     produced = {name for node in pruned.graph.node for name in node.output}
     sources = {n.name: n for n in original.graph.node}
     weights = weights_of(original)
@@ -183,10 +187,12 @@ def _measure_unrefit(
     options: dict,
 ) -> None:
     """Layers the refit skipped (ConvTranspose, recurrent) still get their error measured."""
-    if any(fit.reason and fit.error_after is None for fit in fits):
-        errors = {f.name: f.error_after for f in measure(original, pruned, dataset, **options)}
+    skipped = {fit.name for fit in fits if fit.reason and fit.error_after is None}
+    if skipped:
+        measured = measure(original, pruned, dataset, **options, layers=skipped)
+        errors = {f.name: f.error_after for f in measured}
         for fit in fits:
-            if fit.reason and fit.error_after is None:
+            if fit.name in skipped:
                 fit.error_before = fit.error_after = errors.get(fit.name)
 
 

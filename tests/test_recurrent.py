@@ -8,14 +8,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from builders import build, check, expose, random_feeds, run
+from builders import build, check, random_feeds, run
+from constant_channels import consumer_means, make_constant
 
 import onnxprune
 from onnxprune.analyze import analyze
 from onnxprune.metrics import count_macs
 from onnxprune.pipeline import apply_masks
-from onnxprune.score import consumer_inputs
-from onnxprune.verify import run as run_named
 
 # builder -> (recurrent op, index of the source feeding it)
 RECURRENT = {"conv_lstm": ("LSTM", 0), "dense_gru": ("GRU", 0), "dense_rnn": ("RNN", 1)}
@@ -52,16 +51,14 @@ def test_removing_constant_features_before_a_recurrent_layer_is_exact(name):
     feed = random_feeds(model, batch=16, seed=3)
     analysis = analyze(model, feed)
     source = analysis.cg.sources[source_index]
-    constant_model = _constant_channels(analysis.model, source.name, [1, 4], 0.7)
+    constant_model = make_constant(analysis.model, source.name, [1, 4], 0.7)
 
     analysis = analyze(constant_model, feed)
     group = analysis.group_of(source.name)
     mask = np.ones(group.size, dtype=bool)
     mask[group.channel_of[source.name][[1, 4]]] = False
-    names = list(consumer_inputs(analysis, [group]))
-    assert names, f"{op}'s input is not observed for compensation"
-    values = run_named(expose(analysis.model, names), feed)
-    means = {n: _means(values[n], analysis.cg.layouts[n].axis) for n in names}
+    means = consumer_means(analysis, [group], feed)
+    assert means, f"{op}'s input is not observed for compensation"
 
     expected = run(constant_model, feed)[0]
     compensated = apply_masks(analysis, {group.index: mask}, means)
@@ -80,44 +77,17 @@ def test_a_recurrent_layer_without_bias_gets_one_for_compensation():
     no_bias = gs.export_onnx(graph)
     analysis = analyze(no_bias, feed)
     source = analysis.cg.sources[0]
-    constant_model = _constant_channels(analysis.model, source.name, [2], 0.6)
+    constant_model = make_constant(analysis.model, source.name, [2], 0.6)
     analysis = analyze(constant_model, feed)
     group = analysis.group_of(source.name)
     mask = np.ones(group.size, dtype=bool)
     mask[group.channel_of[source.name][[2]]] = False
-    names = list(consumer_inputs(analysis, [group]))
-    values = run_named(expose(analysis.model, names), feed)
-    means = {n: _means(values[n], analysis.cg.layouts[n].axis) for n in names}
+    means = consumer_means(analysis, [group], feed)
     compensated = apply_masks(analysis, {group.index: mask}, means)
     check(compensated)
     assert _recurrent(compensated, "GRU")[0].input[3], "no bias was created"
     expected = run(constant_model, feed)[0]
     np.testing.assert_allclose(run(compensated, feed)[0], expected, rtol=1e-5, atol=1e-5)
-
-
-def _constant_channels(model: onnx.ModelProto, source: str, channels: list[int], value: float):
-    """Make ``channels`` of ``source`` equal ``value`` everywhere (weights 0, bias value;
-    a MatMul's bias is the Add after it). A ReLU after keeps a positive value as it is."""
-    graph = gs.import_onnx(model)
-    node = next(n for n in graph.nodes if n.name == source)
-    weight = node.inputs[1].values.copy()
-    axis = 1 if node.op == "MatMul" else 0
-    np.moveaxis(weight, axis, 0)[channels] = 0
-    node.inputs[1] = gs.Constant(node.inputs[1].name + "_c", weight)
-    if node.op == "MatMul":
-        add = node.outputs[0].outputs[0]
-        slot = next(i for i, t in enumerate(add.inputs) if isinstance(t, gs.Constant))
-        bias, tensor = add.inputs[slot].values.copy(), add.inputs[slot]
-    else:
-        bias, tensor, slot, add = node.inputs[2].values.copy(), node.inputs[2], 2, node
-    bias[..., channels] = value
-    add.inputs[slot] = gs.Constant(tensor.name + "_c", bias)
-    return gs.export_onnx(graph)
-
-
-def _means(value: np.ndarray, axis: int) -> np.ndarray:
-    moved = np.moveaxis(value, axis, 0)
-    return moved.reshape(moved.shape[0], -1).mean(axis=1)
 
 
 def test_recurrent_macs_count_every_step():
