@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -77,27 +78,34 @@ class Normalize(nn.Module):
         return (x * self.scale - self.mean) / self.std
 
 
+def kept(width: int, k: float) -> int:
+    """The channels OCNNA at percentile k leaves of ``width`` (floor(k% x M) dropped,
+    at least one kept), so a builder called with k is the pruned architecture."""
+    return max(1, width - math.floor(k / 100 * width))
+
+
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
     )
 
 
-def cifar_cnn() -> nn.Module:
+def cifar_cnn(k: float = 0) -> nn.Module:
+    c1, c2, c3, hidden = (kept(w, k) for w in (16, 32, 64, 128))
     return nn.Sequential(
         Normalize(MEAN, STD, 1 / 255),
-        conv_bn(3, 16),
-        conv_bn(16, 32),
+        conv_bn(3, c1),
+        conv_bn(c1, c2),
         nn.MaxPool2d(2),
-        conv_bn(32, 64),
+        conv_bn(c2, c3),
         nn.MaxPool2d(2),
-        conv_bn(64, 64),
+        conv_bn(c3, c3),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 4 * 4, 128),
+        nn.Linear(c3 * 4 * 4, hidden),
         nn.ReLU(),
         nn.Dropout(0.3),
-        nn.Linear(128, 10),
+        nn.Linear(hidden, 10),
     )
 
 
@@ -119,46 +127,49 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-def cifar_resnet() -> nn.Module:
+def cifar_resnet(k: float = 0) -> nn.Module:
+    c1, c2, c3 = (kept(w, k) for w in (16, 32, 64))
     return nn.Sequential(
         Normalize(MEAN, STD, 1 / 255),
-        conv_bn(3, 16),
-        BasicBlock(16, 16, 1),
-        BasicBlock(16, 32, 2),
-        BasicBlock(32, 64, 2),
+        conv_bn(3, c1),
+        BasicBlock(c1, c1, 1),
+        BasicBlock(c1, c2, 2),
+        BasicBlock(c2, c3, 2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(64, 10),
+        nn.Linear(c3, 10),
     )
 
 
-def cifar_resnet20() -> nn.Module:
+def cifar_resnet20(k: float = 0) -> nn.Module:
     """He et al.'s CIFAR ResNet-20: three stages of three basic blocks (16, 32, 64)."""
-    blocks, c_in = [], 16
-    for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+    stem = kept(16, k)
+    blocks, c_in = [], stem
+    for c_out, stride in ((kept(16, k), 1), (kept(32, k), 2), (kept(64, k), 2)):
         for i in range(3):
             blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1))
             c_in = c_out
     return nn.Sequential(
         Normalize(MEAN, STD, 1 / 255),
-        conv_bn(3, 16),
+        conv_bn(3, stem),
         *blocks,
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(64, 10),
+        nn.Linear(c_in, 10),
     )
 
 
-def spambase_mlp(x_train: np.ndarray) -> nn.Module:
+def spambase_mlp(x_train: np.ndarray, k: float = 0) -> nn.Module:
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std[std == 0] = 1.0
+    h1, h2 = kept(64, k), kept(32, k)
     return nn.Sequential(
         Normalize(mean, std, shape=(1, -1)),
-        nn.Linear(57, 64),
+        nn.Linear(57, h1),
         nn.ReLU(),
-        nn.Linear(64, 32),
+        nn.Linear(h1, h2),
         nn.ReLU(),
-        nn.Linear(32, 2),
+        nn.Linear(h2, 2),
     )
 
 
@@ -256,10 +267,10 @@ def _onnx_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> floa
 
 
 RECIPES = {
-    "cifar_cnn": (cifar, lambda data: cifar_cnn(), 3e-3, True),
-    "cifar_resnet": (cifar, lambda data: cifar_resnet(), 3e-3, True),
-    "cifar_resnet20": (cifar, lambda data: cifar_resnet20(), 3e-3, True),
-    "spambase_mlp": (spambase, lambda data: spambase_mlp(data["X_train"]), 3e-3, False),
+    "cifar_cnn": (cifar, lambda data, k=0: cifar_cnn(k), 3e-3, True),
+    "cifar_resnet": (cifar, lambda data, k=0: cifar_resnet(k), 3e-3, True),
+    "cifar_resnet20": (cifar, lambda data, k=0: cifar_resnet20(k), 3e-3, True),
+    "spambase_mlp": (spambase, lambda data, k=0: spambase_mlp(data["X_train"], k), 3e-3, False),
 }
 
 
