@@ -1,4 +1,4 @@
-"""Reproduce ODF2NNA's claims on the real datasets (paper Tables 1, 6, 10-12).
+"""Reproduce ODF2NNA's claims on the real datasets (paper Tables 1, 6, 7, 10-12).
 
     python benchmarks/odf2nna_tables.py                # every dataset
     python benchmarks/odf2nna_tables.py --only spambase,pole --seeds 1
@@ -86,6 +86,11 @@ not give the paper's sizes. Table 1's and Table 6's starting models (4-10-3, 9-1
 4159) do not follow from equation (2) for any layer count either; equation (1) also leaves
 out the hidden-to-hidden weights, so for NL >= 2 the real model is much larger than NP.
 We use Algorithm 1 as written, NL = 2 and NU from equation (2), and count real parameters.
+Table 7 (Poker): the shared file is UCI's 25,010-row training file, not the 1,025,010 rows
+the paper used; equation (2) with NL = 3 on its 18,007 training rows gives 10-418-418-418-10,
+359,072 parameters, close to the paper's 374,261. Poker's classes are very unbalanced (50%
+and 42% for the two largest), so accuracy near 50% is the majority class. The MNIST tables
+(3-5) have their own page: [odf2nna-mnist.md](odf2nna-mnist.md) (`benchmarks/odf2nna_mnist.py`).
 
 Parameters counted: weights and biases of the dense layers (the 2 x D standardisation
 constants in the graph are left out). MSE is on raw targets; the paper scaled its targets,
@@ -111,7 +116,7 @@ class Config:
     patience: int
     epsilons: list[float]
     seeds: int
-    claim: str  # "table1" | "spambase" | "regression"
+    claim: str  # "table1" | "spambase" | "poker" | "regression"
     paper: str
 
 
@@ -142,6 +147,18 @@ CONFIGS = [
         3,
         "spambase",
         "57-21-2 (1262 params): PR 91-93% at 21-36% fewer parameters",
+    ),
+    Config(
+        "poker_hand",
+        "7",
+        3,
+        None,
+        300,
+        20,
+        [0.1, 0.3, 0.5, 0.7, 0.9],
+        1,
+        "poker",
+        "374,261 params, OR 53%: PR 74% at 94.18% fewer (eps 0.5), 86% at 98.97% (eps 0.9)",
     ),
     Config(
         "pole",
@@ -230,6 +247,9 @@ def verdict(config: Config, rows: list[dict]) -> str:
     elif config.claim == "spambase":
         ok = [r for r in rows if r["refined"] >= 0.91 and r["reduction_pct"] >= 30]
         goal = ">= 91% refined accuracy at >= 30% fewer parameters"
+    elif config.claim == "poker":
+        ok = [r for r in rows if r["refined"] >= r["original"] and r["reduction_pct"] >= 90]
+        goal = "refined accuracy >= original at >= 90% fewer parameters"
     else:
         ok = [r for r in rows if r["refined"] <= 1.1 * r["original"] and r["reduction_pct"] >= 60]
         goal = "refined MSE within 10% of the original at >= 60% fewer parameters"
@@ -244,8 +264,9 @@ def verdict(config: Config, rows: list[dict]) -> str:
     if config.claim == "table1":
         smaller = [r for r in rows if r["reduction_pct"] > 0] or rows
         closest = max(smaller, key=lambda r: r["refined"] - r["original"])
-    elif config.claim == "spambase":
-        smaller = [r for r in rows if r["reduction_pct"] >= 30]
+    elif config.claim in ("spambase", "poker"):
+        floor = 30 if config.claim == "spambase" else 90
+        smaller = [r for r in rows if r["reduction_pct"] >= floor]
         closest = max(smaller, key=lambda r: r["refined"]) if smaller else rows[-1]
     else:
         smaller = [r for r in rows if r["reduction_pct"] >= 60]
