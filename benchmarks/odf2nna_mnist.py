@@ -15,12 +15,10 @@ parameters kept / original parameters (weights and biases), lower is better.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,8 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import train_cifar_cnns as zoo  # noqa: E402
 from paths import SHARED_DATA  # noqa: E402
 
 from onnxprune import progress  # noqa: E402
@@ -122,22 +122,7 @@ def train_lenet(data: dict, epochs: int) -> onnx.ModelProto:
             loss.backward()
             opt.step()
         print(f"  LeNet-300-100 epoch {epoch + 1}/{epochs}", flush=True)
-    module.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (x[:1],),
-            buffer,
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
-    return onnx.load_from_string(buffer.getvalue())
+    return zoo.export(module, data["x_test"], path)  # checked, atomic write
 
 
 def test_error(model: onnx.ModelProto, data: dict) -> float:
