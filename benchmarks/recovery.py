@@ -71,14 +71,17 @@ DESCRIPTIONS = {
 }
 
 
-def task(name: str) -> dict:
-    """model path, D_var (unlabelled), labelled fine-tune data and test data for a model."""
+def task(name: str, draw: int = 0) -> dict:
+    """model path, D_var (unlabelled), labelled fine-tune data and test data for a model.
+    ``draw`` seeds which training samples form D_var (MNIST ships its D_var: draw 0 only)."""
     if name == "mnist_cnn":
+        if draw:
+            raise ValueError("mnist_cnn's D_var is samples/mnist_dvar.npz: only draw 0")
         dvar = np.load(SAMPLES / "mnist_dvar.npz")["x"]
         train, test = (dict(np.load(SAMPLES / f"mnist_{p}.npz")) for p in ("train", "test"))
         return {"model": SAMPLES / "mnist_cnn.onnx", "dvar": dvar, "train": train, "test": test}
     data = zoo.spambase() if name == "spambase_mlp" else zoo.cifar()
-    order = np.random.default_rng(0).permutation(len(data["X_train"]))
+    order = np.random.default_rng(draw).permutation(len(data["X_train"]))
     return {
         "model": zoo.ensure(name),
         "dvar": data["X_train"][order[:DVAR_SIZE]],
@@ -147,6 +150,14 @@ def save_results(results: dict, name: str) -> None:
 
 def pct(value: float) -> str:
     return f"{100 * value:.1f}"
+
+
+def mean_se(values: list[float], digits: int = 2) -> str:
+    """Fractions as 'mean ± standard error' in percent (one value: just that value)."""
+    a = 100 * np.asarray(values)
+    if len(a) == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1) / np.sqrt(len(a)):.{digits}f}"
 
 
 def model_section(name: str, rows: dict, ks: list[float]) -> list[str]:

@@ -23,7 +23,6 @@ import platform
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,27 +43,18 @@ def scratch(name: str, seed: int) -> float:
     data = load()
     torch.manual_seed(seed)
     module = make(data, K)
-    epochs = zoo.CIFAR_EPOCHS if augment else 30
+    epochs = zoo.recipe_epochs(augment)
     print(f"training the k={K} architecture of {name} from scratch (seed {seed})", flush=True)
     return zoo.train(module, data, epochs, lr, augment)[-1]["test_accuracy"]
-
-
-def _mean_se(values: list[float]) -> str:
-    a = 100 * np.asarray(values)
-    if len(a) == 1:
-        return f"{a[0]:.1f}"
-    return f"{a.mean():.1f} ± {a.std(ddof=1) / np.sqrt(len(a)):.1f}"
 
 
 def label_free(name: str, draw: int, distill: int) -> float:
     """Accuracy right after OCNNA at k = 40 with reconstruction (and ``distill`` epochs of
     distillation) on D_var draw ``draw``: 500 training images without their labels, drawn
     by permutation seed ``draw`` (draw 0 is recovery.md's D_var)."""
-    setup = recovery.task(name)
-    train = setup["train"]["x"]
-    dvar = train[np.random.default_rng(draw).permutation(len(train))[: recovery.DVAR_SIZE]]
+    setup = recovery.task(name, draw)
     result = onnxprune.ocnna(
-        str(setup["model"]), K, data=dvar, eval_data=setup["test"], distill=distill
+        str(setup["model"]), K, data=setup["dvar"], eval_data=setup["test"], distill=distill
     )
     return result.report["accuracy_after"]
 
@@ -84,7 +74,7 @@ def table(runs: dict, models: list[str]) -> list[str]:
         cells = [f"{100 * original['onnx_test_accuracy']:.1f}"]
         for column in ("scratch", *COLUMNS):
             values = list(runs.get(name, {}).get(column, {}).values())
-            cells.append(f"{_mean_se(values)} ({len(values)})" if values else "-")
+            cells.append(f"{recovery.mean_se(values, 1)} ({len(values)})" if values else "-")
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return lines
 

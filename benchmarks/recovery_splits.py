@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recovery  # noqa: E402
 import train_cifar_cnns as zoo  # noqa: E402
+from recovery import mean_se  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import progress  # noqa: E402
@@ -102,11 +103,6 @@ def run(splits: int) -> list[dict]:
     return rows
 
 
-def _mean_se(values: list[float]) -> str:
-    a = 100 * np.asarray(values)
-    return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}"
-
-
 def table(rows: list[dict], splits: int) -> list[str]:
     runs = splits * len(FINETUNE_SEEDS)
     target, *others = FINETUNES
@@ -119,12 +115,15 @@ def table(rows: list[dict], splits: int) -> list[str]:
         l1 = {(r["split"], r["seed"]): r for r in rows if (r["k"], r["variant"]) == (k, "L1")}
         for variant in VARIANTS:
             mine = [r for r in rows if (r["k"], r["variant"]) == (k, variant)]
-            cells = [_mean_se([r["pruned"] for r in mine]), _mean_se([r[target] for r in mine])]
+            cells = [
+                mean_se([r["pruned"] for r in mine]),
+                mean_se([r[target] for r in mine]),
+            ]
             for column in FINETUNES:
                 diff = [r[column] - l1[(r["split"], r["seed"])][column] for r in mine]
-                cells.append("-" if variant == "L1" else _mean_se(diff))
+                cells.append("-" if variant == "L1" else mean_se(diff))
             lines.append(f"| {k} | {variant} | {' | '.join(cells)} |")
-    original = _mean_se([r["original"] for r in rows if r["variant"] == "L1" and r["k"] == KS[0]])
+    original = mean_se([r["original"] for r in rows if r["variant"] == "L1" and r["k"] == KS[0]])
     return [
         f"Accuracy (%) as mean ± standard error over {splits} splits x "
         f"{len(FINETUNE_SEEDS)} fine-tune seeds ({runs} runs per row); the original MLPs: "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+from onnxprune.select import percentile_mask
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "recovery"
@@ -79,9 +80,14 @@ class Normalize(nn.Module):
 
 
 def kept(width: int, k: float) -> int:
-    """The channels OCNNA at percentile k leaves of ``width`` (floor(k% x M) dropped,
-    at least one kept), so a builder called with k is the pruned architecture."""
-    return max(1, width - math.floor(k / 100 * width))
+    """The channels OCNNA at percentile k leaves of ``width`` (the library's own selection
+    rule), so a builder called with k is the pruned architecture."""
+    return int(percentile_mask(np.zeros(width), k).sum())
+
+
+def recipe_epochs(augment: bool) -> int:
+    """Training epochs of a recipe: the CIFAR ones augment and train shorter."""
+    return CIFAR_EPOCHS if augment else 30
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -280,7 +286,7 @@ def ensure(name: str, epochs: int | None = None, force: bool = False) -> Path:
     if path.exists() and not force:
         return path
     load, make, lr, augment = RECIPES[name]
-    epochs = epochs or (CIFAR_EPOCHS if augment else 30)
+    epochs = epochs or recipe_epochs(augment)
     torch.manual_seed(SEED)
     torch.set_num_threads(2)
     data = load()
